@@ -1,0 +1,55 @@
+"""bnmat: batch-normalized networks with backpropagation in closed matrix form.
+
+Submodules
+----------
+ops          pure forward/backward pairs (dense, batch norm, activations, losses)
+jacobians    explicit vec/Kronecker Jacobians for small sizes
+gradcheck    tools to check hand-derived gradients
+layers       layer configurations and ``Sequential``
+train        ``value_and_grad``, ``fit``
+optim        optimizers as ``(init, update)`` pairs
+estimators   scikit-learn estimators
+
+The public names below are imported lazily, so ``import bnmat`` stays cheap and
+optional dependencies (scikit-learn, matplotlib) load only when used.
+"""
+
+from importlib import import_module
+
+from . import ops
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY = {
+    # layers and networks
+    "Sequential": "layers", "Dense": "layers", "BatchNorm": "layers",
+    "ReLU": "layers", "LeakyReLU": "layers", "Tanh": "layers", "Sigmoid": "layers",
+    "Softplus": "layers", "Identity": "layers", "Additive": "layers",
+    # training
+    "value_and_grad": "train", "fit": "train", "population_statistics": "train",
+    # persistence
+    "save": "io", "load": "io",
+    # estimators
+    "BNMLPRegressor": "estimators", "BNMLPClassifier": "estimators",
+    # checking
+    "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
+    "GradCheckReport": "gradcheck",
+}
+_SUBMODULES = ("jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators")
+
+__all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'bnmat' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

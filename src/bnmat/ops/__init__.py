@@ -1,0 +1,21 @@
+"""Pure forward/backward pairs in closed matrix form.
+
+Every ``*_forward(...)`` returns ``(out, cache)`` and every
+``*_backward(dout, cache)`` returns the gradients of the differentiable inputs
+(a NamedTuple, or the single array for ops with one such input). Inputs are
+never mutated. The functions run on any array-API namespace (NumPy, PyTorch,
+CuPy, JAX, ``array_api_strict``).
+"""
+
+from .activations import *  # noqa: F401,F403
+from .activations import __all__ as _act_all
+from .batchnorm import *  # noqa: F401,F403
+from .batchnorm import __all__ as _bn_all
+from .batchnorm_inference import *  # noqa: F401,F403
+from .batchnorm_inference import __all__ as _bni_all
+from .dense import *  # noqa: F401,F403
+from .dense import __all__ as _dense_all
+from .losses import *  # noqa: F401,F403
+from .losses import __all__ as _loss_all
+
+__all__ = [*_dense_all, *_bn_all, *_bni_all, *_act_all, *_loss_all]

@@ -1,0 +1,282 @@
+"""Elementwise activations ``H = a(B)`` and their backward ``dB = dH ∘ a′(B)``.
+
+Each backward returns the one gradient array itself (activations have a single
+differentiable input). The caches hold what the derivative is cheapest to
+compute from: the input for ReLU, leaky ReLU and softplus, the output for tanh
+and sigmoid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .._array_api import Array, as_float, get_namespace
+
+__all__ = [
+    "ACTIVATIONS",
+    "relu_forward", "relu_backward",
+    "leaky_relu_forward", "leaky_relu_backward",
+    "tanh_forward", "tanh_backward",
+    "sigmoid_forward", "sigmoid_backward",
+    "softplus_forward", "softplus_backward",
+    "identity_forward", "identity_backward",
+]
+
+
+class ActivationCache(NamedTuple):
+    saved: Array   # (N, p) the input or the output, as each backward states
+    slope: float = 0.0
+
+
+def _prepare(x):
+    xp = get_namespace(x)
+    return xp, as_float(x, "x", xp)
+
+
+def _check_dy(dy, saved, xp):
+    if tuple(dy.shape) != tuple(saved.shape):
+        raise ValueError(f"dy must have shape {tuple(saved.shape)}; got {tuple(dy.shape)}")
+    return xp.astype(as_float(dy, "dy", xp), saved.dtype, copy=False)
+
+
+def relu_forward(x):
+    """ReLU, ``a(B) = max(B, 0)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    y : array, same shape
+    cache : ActivationCache (holds x)
+    """
+    xp, x = _prepare(x)
+    return xp.where(x > 0, x, xp.zeros_like(x)), ActivationCache(x)
+
+
+def relu_backward(dy, cache):
+    """Backward of :func:`relu_forward`.
+
+    Formula::
+
+        dB = G ∘ 1[B > 0]
+
+    The derivative at 0 is taken as 0. (Not "negatives to 0, then everything
+    ≥ 0 to 1": that returns all ones.)
+
+    Parameters
+    ----------
+    dy : array, same shape as x
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array, same shape as x
+    """
+    xp = get_namespace(dy, cache.saved)
+    dy = _check_dy(dy, cache.saved, xp)
+    return xp.where(cache.saved > 0, dy, xp.zeros_like(dy))
+
+
+def leaky_relu_forward(x, negative_slope: float = 0.01):
+    """Leaky ReLU, ``a(B) = B`` where B > 0, else ``negative_slope · B``.
+
+    Parameters
+    ----------
+    x : array, any shape
+    negative_slope : float, default 0.01
+
+    Returns
+    -------
+    y : array, same shape
+    cache : ActivationCache (holds x and the slope)
+    """
+    xp, x = _prepare(x)
+    return xp.where(x > 0, x, negative_slope * x), ActivationCache(x, float(negative_slope))
+
+
+def leaky_relu_backward(dy, cache):
+    """Backward of :func:`leaky_relu_forward`.
+
+    Formula::
+
+        dB = G ∘ (1[B > 0] + α 1[B ≤ 0])
+
+    Parameters
+    ----------
+    dy : array, same shape as x
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array
+    """
+    xp = get_namespace(dy, cache.saved)
+    dy = _check_dy(dy, cache.saved, xp)
+    return xp.where(cache.saved > 0, dy, cache.slope * dy)
+
+
+def tanh_forward(x):
+    """Hyperbolic tangent.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    y : array, same shape
+    cache : ActivationCache (holds y)
+    """
+    xp, x = _prepare(x)
+    y = xp.tanh(x)
+    return y, ActivationCache(y)
+
+
+def tanh_backward(dy, cache):
+    """Backward of :func:`tanh_forward`.
+
+    Formula::
+
+        dB = G ∘ (1 − H∘H),   H = tanh(B)
+
+    Parameters
+    ----------
+    dy : array
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array
+    """
+    xp = get_namespace(dy, cache.saved)
+    dy = _check_dy(dy, cache.saved, xp)
+    h = cache.saved
+    return dy * (1.0 - h * h)
+
+
+def sigmoid_forward(x):
+    """Logistic sigmoid ``1 / (1 + exp(−B))``, computed without overflow.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    y : array, same shape
+    cache : ActivationCache (holds y)
+    """
+    xp, x = _prepare(x)
+    y = _sigmoid(x, xp)
+    return y, ActivationCache(y)
+
+
+def _sigmoid(x, xp):
+    # exp of a non-positive number never overflows.
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def sigmoid_backward(dy, cache):
+    """Backward of :func:`sigmoid_forward`.
+
+    Formula::
+
+        dB = G ∘ H ∘ (1 − H),   H = sigmoid(B)
+
+    Parameters
+    ----------
+    dy : array
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array
+    """
+    xp = get_namespace(dy, cache.saved)
+    dy = _check_dy(dy, cache.saved, xp)
+    h = cache.saved
+    return dy * h * (1.0 - h)
+
+
+def softplus_forward(x):
+    """Softplus ``log(1 + exp(B))``, computed as ``max(B, 0) + log1p(exp(−|B|))``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    y : array, same shape
+    cache : ActivationCache (holds x)
+    """
+    xp, x = _prepare(x)
+    y = xp.where(x > 0, x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    return y, ActivationCache(x)
+
+
+def softplus_backward(dy, cache):
+    """Backward of :func:`softplus_forward`.
+
+    Formula::
+
+        dB = G ∘ sigmoid(B)
+
+    Parameters
+    ----------
+    dy : array
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array
+    """
+    xp = get_namespace(dy, cache.saved)
+    dy = _check_dy(dy, cache.saved, xp)
+    return dy * _sigmoid(cache.saved, xp)
+
+
+def identity_forward(x):
+    """Identity, ``a(B) = B`` (a linear output layer).
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    y : array, the same values
+    cache : ActivationCache (holds x, for its shape)
+    """
+    _, x = _prepare(x)
+    return x, ActivationCache(x)
+
+
+def identity_backward(dy, cache):
+    """Backward of :func:`identity_forward`: ``dB = G``.
+
+    Parameters
+    ----------
+    dy : array
+    cache : ActivationCache
+
+    Returns
+    -------
+    dx : array
+    """
+    xp = get_namespace(dy, cache.saved)
+    return _check_dy(dy, cache.saved, xp)
+
+
+#: name -> (forward, backward); leaky_relu takes ``negative_slope`` as a keyword.
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "softplus": (softplus_forward, softplus_backward),
+    "identity": (identity_forward, identity_backward),
+}

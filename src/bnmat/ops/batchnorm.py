@@ -1,0 +1,220 @@
+"""Batch normalization in training mode (batch statistics), in closed matrix form.
+
+With ``C = I − 11ᵀ/N`` (never formed), ``σ² = diag(ZᵀCZ)/(N − ddof)`` and
+``s = (σ² + ε)^(−1/2)``::
+
+    Ẑ = C Z diag(s)
+    B = Ẑ diag(γ) + 1 βᵀ
+
+The proofs of the backward formulas are in ``docs/derivation.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .._array_api import Array, as_float, check_2d, check_vector, get_namespace, to_numpy
+
+__all__ = [
+    "BatchNormCache",
+    "BatchNormGrads",
+    "ColumnMoments",
+    "column_moments",
+    "batchnorm_forward",
+    "batchnorm_backward",
+]
+
+
+class BatchNormCache(NamedTuple):
+    x_hat: Array     # (N, p)  Ẑ, the standardized input
+    inv_std: Array   # (p,)    s = (σ² + ε)^(−1/2)
+    gamma: Array     # (p,)
+    mean: Array      # (p,)    μ, read by layers for running statistics
+    var: Array       # (p,)    σ² with the op's ddof
+    ddof: int
+
+
+class BatchNormGrads(NamedTuple):
+    dx: Array        # (N, p)
+    dgamma: Array    # (p,)
+    dbeta: Array     # (p,)
+
+
+class ColumnMoments(NamedTuple):
+    mean: Array      # (p,)   float64 when the input is float32
+    var: Array       # (p,)   Σ(x − mean)² / (N − ddof)
+    centered: Array  # (N, p) x − mean, in the input's dtype
+
+
+def _accumulator(xp, dtype):
+    """float64 for float32 data: batch statistics are never summed in low precision."""
+    return xp.float64 if dtype == xp.float32 else dtype
+
+
+def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
+    """Column means and variances by the corrected two-pass algorithm.
+
+    The first pass sums in float64 (also for float32 data) to get a shift
+    ``m``; the second sums ``d = x − m`` and ``d²`` in float64 and corrects for the
+    rounding of ``m`` (Björck's corrected two-pass formula)::
+
+        mean = m + 1ᵀd/N
+        var  = (1ᵀ(d∘d) − (1ᵀd)²/N) / (N − ddof)
+
+    This is accurate for data with a large mean and a small spread (for example
+    float32 ``1e4 + 1e-2·N(0,1)``), where the one-pass ``E[x²] − E[x]²`` fails.
+
+    Parameters
+    ----------
+    x : array, shape (N, p)
+    ddof : int
+        Delta degrees of freedom: 0 for batch norm, 1 for R's ``scale()``.
+
+    Returns
+    -------
+    ColumnMoments
+        ``mean`` and ``var`` of shape (p,) in the accumulator dtype (float64 for
+        float32 input), and ``centered = x − mean`` of shape (N, p) in x's dtype.
+    """
+    xp = get_namespace(x, xp=xp)
+    n = x.shape[0]
+    acc = _accumulator(xp, x.dtype)
+    shift = xp.sum(x, axis=0, dtype=acc) / n
+    d = x - xp.astype(shift, x.dtype)
+    s1 = xp.sum(d, axis=0, dtype=acc)
+    s2 = xp.sum(d * d, axis=0, dtype=acc)
+    delta = s1 / n
+    mean = xp.astype(shift, acc) + delta
+    var = xp.maximum((s2 - s1 * delta) / (n - ddof), xp.zeros_like(s2))
+    # The shift is off by the rounding of the mean (half an ulp in float32);
+    # remove that offset so that the centered columns sum to zero.
+    d = d - xp.astype(delta, x.dtype)
+    return ColumnMoments(mean=mean, var=var, centered=d)
+
+
+def _check_hyper(eps, ddof):
+    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+
+
+def _check_param(v, name, p, xp, dtype):
+    v = as_float(v, name, xp)
+    return xp.astype(check_vector(v, name, p), dtype, copy=False)
+
+
+def _first(mask) -> int:
+    return int(to_numpy(mask).nonzero()[0][0])
+
+
+def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
+    """Batch normalization in training mode, with batch statistics.
+
+    Formula::
+
+        μ = Xᵀ1/N,   σ² = diag(XᵀCX)/(N − ddof),   s = (σ² + ε)^(−1/2)
+        X̂ = C X diag(s)
+        Y = X̂ diag(γ) + 1 βᵀ          i.e. (γᵀ⊗1_N)∘X̂ + βᵀ⊗1_N
+
+    Parameters
+    ----------
+    x : array, shape (N, p)
+        Pre-activations ``Z = XΓ1`` of the layer; rows are observations.
+        Integers are converted to float64, float16 to float32.
+    gamma, beta : array, shape (p,)
+        Scale and shift; cast to x's dtype.
+    eps : float, default 1e-5
+        ε ≥ 0. ``eps=0`` is the exact textbook standardization; a column of zero
+        variance then raises ``ValueError`` (with ε > 0 it maps to β and its
+        gradient is finite).
+    ddof : int, default 0
+        0 divides the variance by N (batch norm's convention), 1 by N − 1 (R's
+        ``scale()``).
+
+    Returns
+    -------
+    y : array, shape (N, p)
+        Same dtype as x.
+    cache : BatchNormCache
+        Holds ``mean`` and ``var`` (shape (p,), x's dtype) for running statistics.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 rows, or fewer than ``ddof + 1``; non-finite values in a
+        column; a zero-variance column with ``eps=0``; non-conforming shapes.
+    """
+    _check_hyper(eps, ddof)
+    xp = get_namespace(x, gamma, beta)
+    x = check_2d(as_float(x, "x", xp), "x")
+    n, p = x.shape
+    if n < 2 or n - ddof < 1:
+        raise ValueError(
+            f"batch norm in training mode needs at least {max(2, ddof + 1)} rows to "
+            f"compute batch statistics (ddof={ddof} divides the variance by N - {ddof}); "
+            f"got N={n}. Predict with stored statistics (inference mode) instead, or "
+            "merge the batch with another."
+        )
+    gamma = _check_param(gamma, "gamma", p, xp, x.dtype)
+    beta = _check_param(beta, "beta", p, xp, x.dtype)
+
+    mean, var, centered = column_moments(x, ddof=ddof, xp=xp)
+    bad = ~(xp.isfinite(mean) & xp.isfinite(var))
+    if bool(xp.any(bad)):
+        raise ValueError(f"Input x contains NaN or infinity (column {_first(bad)}).")
+    if eps == 0 and bool(xp.any(var == 0)):
+        raise ValueError(
+            f"column {_first(var == 0)} of x has zero variance and eps=0: the "
+            "standardization divides by zero. Use eps > 0 or drop the column."
+        )
+    inv_std = xp.astype(1.0 / xp.sqrt(var + eps), x.dtype)
+    x_hat = centered * inv_std
+    y = x_hat * gamma + beta
+    cache = BatchNormCache(
+        x_hat=x_hat,
+        inv_std=inv_std,
+        gamma=gamma,
+        mean=xp.astype(mean, x.dtype),
+        var=xp.astype(var, x.dtype),
+        ddof=ddof,
+    )
+    return y, cache
+
+
+def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
+    """Backward pass of :func:`batchnorm_forward` (training mode).
+
+    Formula (G = dy, the upstream gradient ∂R/∂Y)::
+
+        dβ = 1ᵀ G
+        dγ = 1ᵀ (G ∘ X̂)                                  (= diag(X̂ᵀG); no factor γ)
+        dX = [C G − X̂ diag(dγ)/(N − ddof)] diag(γ ∘ s)
+
+    It accounts for the dependence of μ and σ on X and holds for every ε ≥ 0
+    and ddof. Invariants: ``1ᵀ dX = 0`` (a bias before batch norm gets no
+    gradient) and, when ε = 0, ``1ᵀ(dX ∘ X̂) = 0``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, p)
+    cache : BatchNormCache
+
+    Returns
+    -------
+    BatchNormGrads
+        ``dx`` of shape (N, p), ``dgamma`` and ``dbeta`` of shape (p,), all in
+        x's dtype (sums accumulate in float64 for float32).
+    """
+    x_hat, inv_std, gamma, _, _, ddof = cache
+    xp = get_namespace(dy, x_hat)
+    if tuple(dy.shape) != tuple(x_hat.shape):
+        raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
+    dy = xp.astype(as_float(dy, "dy", xp), x_hat.dtype, copy=False)
+    n = x_hat.shape[0]
+    acc = _accumulator(xp, x_hat.dtype)
+    dbeta = xp.astype(xp.sum(dy, axis=0, dtype=acc), dy.dtype)
+    dgamma = xp.astype(xp.sum(dy * x_hat, axis=0, dtype=acc), dy.dtype)
+    dx = (dy - dbeta / n - x_hat * (dgamma / (n - ddof))) * (gamma * inv_std)
+    return BatchNormGrads(dx=dx, dgamma=dgamma, dbeta=dbeta)

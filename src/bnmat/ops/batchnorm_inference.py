@@ -1,0 +1,95 @@
+"""Batch normalization in inference mode: stored statistics, an affine map per column."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .._array_api import Array, as_float, check_2d, check_vector, get_namespace
+from .batchnorm import BatchNormGrads, _first
+
+__all__ = [
+    "BatchNormInferenceCache",
+    "batchnorm_inference_forward",
+    "batchnorm_inference_backward",
+]
+
+
+class BatchNormInferenceCache(NamedTuple):
+    x_hat: Array     # (N, p)  (X − 1mᵀ) diag(s)
+    scale: Array     # (p,)    γ ∘ s, with s = (v + ε)^(−1/2)
+
+
+def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5):
+    """Batch normalization with stored statistics (inference mode).
+
+    Formula::
+
+        s = (v + ε)^(−1/2)
+        Y = (X − 1mᵀ) diag(γ ∘ s) + 1 βᵀ
+
+    An affine map per column, so any number of rows works (one included) and
+    rows are independent of each other.
+
+    Parameters
+    ----------
+    x : array, shape (N, p)
+    gamma, beta : array, shape (p,)
+    mean, var : array, shape (p,)
+        Stored statistics m and v (for example running or population averages).
+    eps : float, default 1e-5
+        ε ≥ 0; ``v + ε`` must be positive in every column.
+
+    Returns
+    -------
+    y : array, shape (N, p)
+    cache : BatchNormInferenceCache
+    """
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    xp = get_namespace(x, gamma, beta, mean, var)
+    x = check_2d(as_float(x, "x", xp), "x")
+    p = x.shape[1]
+    gamma, beta, mean, var = (
+        xp.astype(check_vector(as_float(v, name, xp), name, p), x.dtype, copy=False)
+        for v, name in ((gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var"))
+    )
+    bad = ~(xp.isfinite(mean) & xp.isfinite(var) & (var + eps > 0))
+    if bool(xp.any(bad)):
+        raise ValueError(
+            f"stored statistics are unusable in column {_first(bad)}: mean and var must "
+            "be finite and var + eps > 0"
+        )
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    y = x_hat * gamma + beta
+    return y, BatchNormInferenceCache(x_hat=x_hat, scale=gamma * inv_std)
+
+
+def batchnorm_inference_backward(dy, cache: BatchNormInferenceCache) -> BatchNormGrads:
+    """Backward pass of :func:`batchnorm_inference_forward`.
+
+    Formula::
+
+        dβ = 1ᵀ G,    dγ = 1ᵀ (G ∘ X̂),    dX = G diag(γ ∘ s)
+
+    (m and v are constants here, unlike in training mode.)
+
+    Parameters
+    ----------
+    dy : array, shape (N, p)
+    cache : BatchNormInferenceCache
+
+    Returns
+    -------
+    BatchNormGrads
+        ``(dx, dgamma, dbeta)`` of shapes (N, p), (p,), (p,).
+    """
+    x_hat, scale = cache
+    xp = get_namespace(dy, x_hat)
+    if tuple(dy.shape) != tuple(x_hat.shape):
+        raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
+    dy = xp.astype(as_float(dy, "dy", xp), x_hat.dtype, copy=False)
+    dbeta = xp.sum(dy, axis=0)
+    dgamma = xp.sum(dy * x_hat, axis=0)
+    return BatchNormGrads(dx=dy * scale, dgamma=dgamma, dbeta=dbeta)
