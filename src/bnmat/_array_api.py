@@ -108,6 +108,10 @@ def as_float(x, name: str, xp=None):
         if x.dtype == object:
             raise TypeError(f"{name} has dtype object; expected numbers")
     xp = get_namespace(x, xp=xp)
+    if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+        # Reductions sum in an order set by the memory layout; one layout makes
+        # results bitwise identical for C, Fortran and strided input.
+        x = np.ascontiguousarray(x)
     dtype = x.dtype
     if xp.isdtype(dtype, "real floating"):
         f16 = getattr(xp, "float16", None)
@@ -167,13 +171,16 @@ def check_finite(value, name: str, xp=None) -> None:
 
     Parameters
     ----------
-    value : array
+    value : array, any shape
     name : str
-        Usually ``"X"`` or ``"y"``; the message reads ``"Input X contains NaN."``.
+        Usually ``"X"`` or ``"y"``; the message reads
+        ``"Input X contains NaN (first at row 4, column 1)."``.
     """
     xp = get_namespace(value, xp=xp)
     if bool(xp.all(xp.isfinite(value))):
         return
-    if bool(xp.any(xp.isnan(value))):
-        raise ValueError(f"Input {name} contains NaN.")
-    raise ValueError(f"Input {name} contains infinity or a value too large for {value.dtype}.")
+    host = to_numpy(value)
+    what = "NaN" if np.isnan(host).any() else f"infinity or a value too large for {value.dtype}"
+    where = np.argwhere(~np.isfinite(host))[0]
+    place = ", ".join(f"{axis} {i}" for axis, i in zip(("row", "column"), where))
+    raise ValueError(f"Input {name} contains {what} (first at {place}).")

@@ -12,9 +12,18 @@ The proofs of the backward formulas are in ``docs/derivation.md``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
-from .._array_api import Array, as_float, check_2d, check_vector, get_namespace, to_numpy
+from .._array_api import (
+    Array,
+    as_float,
+    check_2d,
+    check_finite,
+    check_vector,
+    get_namespace,
+    to_numpy,
+)
 
 __all__ = [
     "BatchNormCache",
@@ -93,11 +102,20 @@ def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
     return ColumnMoments(mean=mean, var=var, centered=d)
 
 
-def _check_hyper(eps, ddof):
-    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+def check_eps(eps) -> float:
+    """Return ε as a float; raise ``ValueError`` unless it is a finite number ≥ 0."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
+        math.isfinite(eps) and eps >= 0
+    ):
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    return float(eps)
+
+
+def check_ddof(ddof) -> int:
+    """Return ddof as an int; raise ``ValueError`` unless it is an integer ≥ 0."""
+    if isinstance(ddof, bool) or not isinstance(ddof, numbers.Integral) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
+    return int(ddof)
 
 
 def _check_param(v, name, p, xp, dtype):
@@ -146,9 +164,10 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
         Fewer than 2 rows, or fewer than ``ddof + 1``; non-finite values in a
         column; a zero-variance column with ``eps=0``; non-conforming shapes.
     """
-    _check_hyper(eps, ddof)
+    eps, ddof = check_eps(eps), check_ddof(ddof)
     xp = get_namespace(x, gamma, beta)
     x = check_2d(as_float(x, "x", xp), "x")
+    check_finite(x, "x", xp)
     n, p = x.shape
     if n < 2 or n - ddof < 1:
         raise ValueError(
@@ -161,9 +180,11 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
     beta = _check_param(beta, "beta", p, xp, x.dtype)
 
     mean, var, centered = column_moments(x, ddof=ddof, xp=xp)
-    bad = ~(xp.isfinite(mean) & xp.isfinite(var))
+    bad = ~xp.isfinite(var)
     if bool(xp.any(bad)):
-        raise ValueError(f"Input x contains NaN or infinity (column {_first(bad)}).")
+        raise ValueError(
+            f"the variance of column {_first(bad)} of x overflows {x.dtype}; rescale the data"
+        )
     if eps == 0 and bool(xp.any(var == 0)):
         raise ValueError(
             f"column {_first(var == 0)} of x has zero variance and eps=0: the "
@@ -218,3 +239,8 @@ def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
     dgamma = xp.astype(xp.sum(dy * x_hat, axis=0, dtype=acc), dy.dtype)
     dx = (dy - dbeta / n - x_hat * (dgamma / (n - ddof))) * (gamma * inv_std)
     return BatchNormGrads(dx=dx, dgamma=dgamma, dbeta=dbeta)
+
+
+def _check_hyper(eps, ddof):
+    check_eps(eps)
+    check_ddof(ddof)

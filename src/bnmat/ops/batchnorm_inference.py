@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
-from .._array_api import Array, as_float, check_2d, check_vector, get_namespace
-from .batchnorm import BatchNormGrads, _first
+from .._array_api import Array, as_float, check_2d, check_finite, check_vector, get_namespace
+from .batchnorm import BatchNormGrads, _accumulator, _first, check_eps
 
 __all__ = [
     "BatchNormInferenceCache",
@@ -45,10 +44,10 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
     y : array, shape (N, p)
     cache : BatchNormInferenceCache
     """
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    eps = check_eps(eps)
     xp = get_namespace(x, gamma, beta, mean, var)
     x = check_2d(as_float(x, "x", xp), "x")
+    check_finite(x, "x", xp)
     p = x.shape[1]
     gamma, beta, mean, var = (
         xp.astype(check_vector(as_float(v, name, xp), name, p), x.dtype, copy=False)
@@ -90,6 +89,7 @@ def batchnorm_inference_backward(dy, cache: BatchNormInferenceCache) -> BatchNor
     if tuple(dy.shape) != tuple(x_hat.shape):
         raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
     dy = xp.astype(as_float(dy, "dy", xp), x_hat.dtype, copy=False)
-    dbeta = xp.sum(dy, axis=0)
-    dgamma = xp.sum(dy * x_hat, axis=0)
+    acc = _accumulator(xp, x_hat.dtype)
+    dbeta = xp.astype(xp.sum(dy, axis=0, dtype=acc), dy.dtype)
+    dgamma = xp.astype(xp.sum(dy * x_hat, axis=0, dtype=acc), dy.dtype)
     return BatchNormGrads(dx=dy * scale, dgamma=dgamma, dbeta=dbeta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .._array_api import Array, as_float, get_namespace
+from .._array_api import Array, as_float, check_finite, get_namespace
 
 __all__ = [
     "LOSSES",
@@ -39,14 +39,15 @@ def _prepare(y_pred, y):
         raise ValueError(
             f"y_pred must have shape (N,) or (N, k) with N >= 1; got {tuple(y_pred.shape)}"
         )
+    check_finite(y_pred, "y_pred", xp)
+    check_finite(y, "y", xp)
     return xp, y_pred, y
 
 
 def _checked(loss, xp):
     if not bool(xp.isfinite(loss)):
         raise ValueError(
-            f"the loss is not finite ({float(loss)}): y_pred or y contains NaN or "
-            "infinity, or the values overflow"
+            f"the loss is not finite ({float(loss)}): the values of y_pred or y overflow"
         )
     return loss
 
