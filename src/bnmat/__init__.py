@@ -9,6 +9,7 @@ layers       layer configurations and ``Sequential``
 train        ``value_and_grad``, ``fit``
 optim        optimizers as ``(init, update)`` pairs
 estimators   scikit-learn estimators
+panel        group indices, segment sums, within-group demeaning
 
 The public names below are imported lazily, so ``import bnmat`` stays cheap and
 optional dependencies (scikit-learn, matplotlib) load only when used.
@@ -36,7 +37,7 @@ _LAZY = {
     "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
     "GradCheckReport": "gradcheck",
 }
-_SUBMODULES = ("jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators")
+_SUBMODULES = ("jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel")
 
 __all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]
 

@@ -15,7 +15,16 @@ from .batchnorm_inference import *  # noqa: F401,F403
 from .batchnorm_inference import __all__ as _bni_all
 from .dense import *  # noqa: F401,F403
 from .dense import __all__ as _dense_all
+from .group_batchnorm import *  # noqa: F401,F403
+from .group_batchnorm import __all__ as _gbn_all
+from .group_batchnorm_inference import *  # noqa: F401,F403
+from .group_batchnorm_inference import __all__ as _gbni_all
 from .losses import *  # noqa: F401,F403
 from .losses import __all__ as _loss_all
+from .within import *  # noqa: F401,F403
+from .within import __all__ as _within_all
 
-__all__ = [*_dense_all, *_bn_all, *_bni_all, *_act_all, *_loss_all]
+__all__ = [
+    *_dense_all, *_bn_all, *_bni_all, *_act_all, *_loss_all,
+    *_gbn_all, *_gbni_all, *_within_all,
+]

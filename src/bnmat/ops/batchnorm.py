@@ -30,6 +30,8 @@ __all__ = [
     "BatchNormGrads",
     "ColumnMoments",
     "column_moments",
+    "check_eps",
+    "check_ddof",
     "batchnorm_forward",
     "batchnorm_backward",
 ]
@@ -239,8 +241,3 @@ def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
     dgamma = xp.astype(xp.sum(dy * x_hat, axis=0, dtype=acc), dy.dtype)
     dx = (dy - dbeta / n - x_hat * (dgamma / (n - ddof))) * (gamma * inv_std)
     return BatchNormGrads(dx=dx, dgamma=dgamma, dbeta=dbeta)
-
-
-def _check_hyper(eps, ddof):
-    check_eps(eps)
-    check_ddof(ddof)
