@@ -184,7 +184,7 @@ def group_batchnorm_forward(x, groups, gamma, beta, *, eps: float = 1e-5, ddof: 
 def group_batchnorm_backward(dy, cache: GroupBatchNormCache) -> BatchNormGrads:
     """Backward pass of :func:`group_batchnorm_forward` (training mode).
 
-    Formula (G = dy, ν = n − ddof; proof in docs/panel.md)::
+    Formula (G = dy, ν = n − ddof; proof in docs/derivation.md §8)::
 
         dβ = 1ᵀ G
         dγ = 1ᵀ (G ∘ Ẑ)
