@@ -28,14 +28,16 @@ _LAZY = {
     "ReLU": "layers", "LeakyReLU": "layers", "Tanh": "layers", "Sigmoid": "layers",
     "Softplus": "layers", "Identity": "layers", "Additive": "layers",
     # training
-    "value_and_grad": "train", "fit": "train", "population_statistics": "train",
+    "value_and_grad": "train", "fit": "train", "fit_lbfgs": "train",
+    "population_statistics": "train", "FitResult": "train", "DivergenceError": "train",
     # persistence
-    "save": "io", "load": "io",
+    "save": "io", "load": "io", "register_layer": "io",
     # estimators
     "BNMLPRegressor": "estimators", "BNMLPClassifier": "estimators",
     # checking
     "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
-    "GradCheckReport": "gradcheck",
+    "GradCheckReport": "gradcheck", "assert_vjp": "gradcheck",
+    "DegenerateCheckWarning": "gradcheck",
 }
 _SUBMODULES = ("jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel")
 

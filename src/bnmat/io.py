@@ -1,0 +1,332 @@
+"""Save and load networks: one ``.npz`` file, arrays plus a JSON description, no pickle.
+
+File layout (format ``"bnmat-model"``, version 1): a NumPy ``.npz`` archive with
+
+* ``__bnmat__`` — a uint8 array holding UTF-8 JSON::
+
+      {"format": "bnmat-model", "version": 1, "bnmat_version": "...",
+       "net": {"layer": "Sequential", "config": {"layers": [...]}},
+       "params": [{"w": "params.0", ...}, ...],     # the tree, leaves named
+       "state":  [...],
+       "metadata": {...}}                           # the user's, JSON
+
+* one array per parameter and state entry, named as in the trees.
+
+Layers are described by their registered name and their dataclass fields
+(see :func:`register_layer`), so a file never holds code: :func:`load` reads it
+with ``allow_pickle=False`` and rebuilds layers from the registry. A corrupt,
+truncated or foreign file, or one written by a newer format version, gets a
+``ValueError`` that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._array_api import to_numpy
+from .layers._registry import layer_class, layer_name, register_layer, registered_layers
+
+__all__ = ["save", "load", "SavedModel", "register_layer", "registered_layers",
+           "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "bnmat-model"
+FORMAT_VERSION = 1
+_HEADER = "__bnmat__"
+
+
+class SavedModel(NamedTuple):
+    """What :func:`load` returns."""
+
+    net: Any         # the network (Sequential, Additive, a registered layer)
+    params: Any      # list of dicts of NumPy arrays
+    state: Any
+    metadata: dict
+
+
+# ----------------------------------------------------------------- encoding
+def _encode_module(module) -> dict:
+    name = layer_name(type(module))
+    if name is None or not dataclasses.is_dataclass(module):
+        raise TypeError(
+            f"cannot save a {type(module).__name__}: only dataclass layers registered "
+            "with bnmat.io.register_layer can be written to a model file (make the "
+            "class a dataclass of its hyperparameters and decorate it with "
+            "@bnmat.io.register_layer)"
+        )
+    config = {}
+    for f in dataclasses.fields(module):
+        if f.init:
+            config[f.name] = _encode_value(getattr(module, f.name),
+                                           f"{type(module).__name__}.{f.name}")
+    return {"layer": name, "config": config}
+
+
+def _encode_value(v, where: str):
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, slice):
+        return {"__slice__": [_encode_value(p, where) for p in (v.start, v.stop, v.step)]}
+    if isinstance(v, (list, tuple)):
+        return [_encode_value(item, where) for item in v]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise TypeError(f"cannot save {where}: dict keys must be strings")
+        return {"__dict__": {k: _encode_value(item, where) for k, item in v.items()}}
+    if (dataclasses.is_dataclass(v) and not isinstance(v, type)) or callable(
+        getattr(v, "forward", None)
+    ):
+        return {"__layer__": _encode_module(v)}
+    raise TypeError(
+        f"cannot save {where} = {v!r}: a layer's fields must be numbers, strings, "
+        "booleans, None, tuples or lists of those, slices, dicts, or registered layers"
+    )
+
+
+def _decode_module(spec, file: str):
+    if not (isinstance(spec, dict) and isinstance(spec.get("layer"), str)
+            and isinstance(spec.get("config"), dict)):
+        raise ValueError(f"{file}: the network description is corrupt (bad layer entry)")
+    cls = layer_class(spec["layer"])
+    if cls is None:
+        raise ValueError(
+            f"{file}: unknown layer type {spec['layer']!r}; import the module that defines "
+            "it and register the class with bnmat.io.register_layer before loading"
+        )
+    config = {k: _decode_value(v, file) for k, v in spec["config"].items()}
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{file}: cannot rebuild layer {spec['layer']!r}: {exc}") from exc
+
+
+def _decode_value(v, file: str):
+    if isinstance(v, list):
+        return tuple(_decode_value(item, file) for item in v)
+    if isinstance(v, dict):
+        if set(v) == {"__slice__"}:
+            return slice(*v["__slice__"])
+        if set(v) == {"__dict__"}:
+            return {k: _decode_value(item, file) for k, item in v["__dict__"].items()}
+        if set(v) == {"__layer__"}:
+            return _decode_module(v["__layer__"], file)
+        raise ValueError(f"{file}: the network description is corrupt (unknown entry {v!r})")
+    return v
+
+
+def _skeleton(tree, prefix: str, arrays: dict):
+    """Replace each leaf by a name (``prefix.0``, ``prefix.1``, …) and store the array
+    under that name in ``arrays``."""
+    counter = iter(range(1 << 62))
+
+    def walk(t):
+        if isinstance(t, dict):
+            if not all(isinstance(k, str) for k in t):
+                raise TypeError(f"cannot save {prefix}: dict keys must be strings")
+            return {k: walk(v) for k, v in t.items()}
+        if isinstance(t, (list, tuple)):
+            return [walk(v) for v in t]
+        return _store(t, f"{prefix}.{next(counter)}", prefix, arrays)
+
+    return walk(tree)
+
+
+def _store(leaf, key: str, prefix: str, arrays: dict) -> str:
+    a = np.asarray(to_numpy(leaf))
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"cannot save {prefix} entry of dtype {a.dtype}: numbers only")
+    arrays[key] = a
+    return key
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"metadata value {o!r} of type {type(o).__name__} is not JSON-serializable")
+
+
+def save(path, net, params, state, *, metadata: dict | None = None) -> Path:
+    """Write a network, its parameters and state to one ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Written exactly as given (no suffix is added; ``.npz`` is customary).
+        The file is written to a temporary name and renamed, so a failed save
+        never leaves a half-written file under ``path``.
+    net : Sequential, Additive or a registered dataclass layer
+    params, state : list
+        As from ``net.init`` or :func:`bnmat.train.fit`; arrays of any
+        namespace are copied to NumPy.
+    metadata : dict, optional
+        Anything JSON can hold (NumPy scalars and arrays are converted), for
+        example feature names or the target's scaling. Returned by :func:`load`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    TypeError
+        A layer that is not a registered dataclass, a field or metadata that
+        JSON cannot hold.
+    """
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict; got {type(metadata).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "bnmat_version": _bnmat_version(),
+        "net": _encode_module(net),
+        "params": _skeleton(params, "params", arrays),
+        "state": _skeleton(state, "state", arrays),
+        "metadata": metadata,
+    }
+    try:
+        text = json.dumps(header, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot save: {exc}") from exc
+    arrays[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _bnmat_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------- loading
+def _read(path) -> tuple[dict, dict]:
+    """The JSON header and the arrays of a model file; ValueError when unreadable."""
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"no such model file: {name}")
+    with open(name, "rb") as fh:
+        magic = fh.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        kind = "empty" if not magic else f"it starts with {magic!r}"
+        raise ValueError(f"{name}: not a bnmat model file: not an .npz (zip) archive ({kind})")
+    try:
+        with np.load(name, allow_pickle=False) as data:
+            files = list(data.files)
+            if _HEADER not in files:
+                shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+                raise ValueError(
+                    f"{name}: not a bnmat model file: it is a .npz archive without a "
+                    f"{_HEADER!r} entry (it holds: {shown or 'nothing'})"
+                )
+            raw = data[_HEADER]
+            arrays = {k: data[k] for k in files if k != _HEADER}
+    except ValueError as exc:
+        if str(exc).startswith(name + ":"):
+            raise
+        raise ValueError(
+            f"{name}: the model file is corrupt or truncated ({exc})"
+        ) from exc
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        raise ValueError(
+            f"{name}: the model file is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"{name}: the {_HEADER!r} entry is corrupt (dtype {raw.dtype})")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name}: the model description is corrupt ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{name}: the model description is corrupt (not a JSON object)")
+    return header, arrays
+
+
+def _rebuild(skeleton, arrays: dict, used: set, file: str):
+    if isinstance(skeleton, dict):
+        return {k: _rebuild(v, arrays, used, file) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [_rebuild(v, arrays, used, file) for v in skeleton]
+    if not isinstance(skeleton, str) or skeleton not in arrays:
+        raise ValueError(f"{file}: the model file is incomplete: array {skeleton!r} is missing")
+    used.add(skeleton)
+    a = arrays[skeleton]
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError(f"{file}: array {skeleton!r} has dtype {a.dtype}; numbers expected")
+    return a
+
+
+def load(path) -> SavedModel:
+    """Read a model written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    SavedModel
+        ``(net, params, state, metadata)``; arrays are NumPy arrays.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file is not a bnmat model (a text file, an arbitrary ``.npz``), is
+        corrupt or truncated, was written by a newer format version, or names
+        a layer type that is not registered. The message names the file.
+    """
+    name = os.fspath(path)
+    header, arrays = _read(path)
+    if header.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f"{name}: not a bnmat model file (format {header.get('format')!r}, expected "
+            f"{FORMAT_NAME!r})"
+        )
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{name}: the model description is corrupt (version {version!r})")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{name}: written in model format version {version} (by bnmat "
+            f"{header.get('bnmat_version', '?')}); this bnmat ({_bnmat_version()}) reads "
+            f"versions up to {FORMAT_VERSION}. Upgrade bnmat to load it."
+        )
+    for key in ("net", "params", "state"):
+        if key not in header:
+            raise ValueError(f"{name}: the model description is corrupt (no {key!r})")
+    net = _decode_module(header["net"], name)
+    used: set = set()
+    params = _rebuild(header["params"], arrays, used, name)
+    state = _rebuild(header["state"], arrays, used, name)
+    extra = sorted(set(arrays) - used)
+    if extra:
+        raise ValueError(f"{name}: the model file has arrays its description lacks: {extra}")
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{name}: the model description is corrupt (metadata)")
+    return SavedModel(net, params, state, metadata)

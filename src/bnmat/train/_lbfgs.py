@@ -1,0 +1,115 @@
+"""Full-batch training by L-BFGS-B with exact gradients."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .._array_api import get_namespace, is_numpy, to_numpy
+from ..layers._tree import tree_leaves, tree_unflatten
+from ._data import check_xy
+from ._fit import FitResult, divergence_error, is_nonfinite_error, positive_int
+from ._grad import check_l2, resolve_loss, value_and_grad
+from ._statistics import population_statistics
+
+__all__ = ["fit_lbfgs"]
+
+
+def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter: int = 200,
+              tol: float = 1e-7, callback: Callable | None = None,
+              population_stats: bool = True) -> FitResult:
+    """Full-batch training by L-BFGS-B (:func:`scipy.optimize.minimize`) with exact gradients.
+
+    The parameters are flattened into one float64 vector θ; each evaluation
+    runs the training-mode forward on all rows and the closed-form backward,
+    ``(R(θ), ∇R(θ))``. Batch statistics of the full batch make R a
+    deterministic function of θ, as a quasi-Newton method needs. Afterwards the
+    batch norms get the exact statistics of ``x`` (:func:`population_statistics`),
+    so ``net.predict`` on ``x`` reproduces the training output.
+
+    Parameters
+    ----------
+    net, params, state, x, y, loss, l2
+        As in :func:`fit`.
+    max_iter : int, default 200
+        Maximum number of L-BFGS iterations.
+    tol : float, default 1e-7
+        Passed to ``minimize(tol=...)`` (SciPy's ``ftol`` and ``gtol``).
+    callback : callable, optional
+        ``callback(iteration, logs)`` after each iteration with ``logs``
+        ``{"loss", "val_loss": None, "params", "state"}``; returning True stops.
+    population_stats : bool, default True
+
+    Returns
+    -------
+    FitResult
+        ``history["epoch"]`` counts iterations; ``best_epoch`` is the last one.
+
+    Raises
+    ------
+    DivergenceError
+        The optimum found has non-finite parameters.
+    """
+    from scipy.optimize import minimize
+
+    x, y = check_xy(x, y)
+    max_iter = positive_int(max_iter, "max_iter")
+    l2 = check_l2(l2)
+    resolve_loss(loss)
+    leaves = tree_leaves(params)
+    xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
+    host = [to_numpy(a) for a in leaves]
+    sizes = [a.size for a in host]
+    offsets = np.cumsum([0] + sizes)
+
+    def unflatten(theta):
+        parts = [theta[offsets[i]:offsets[i + 1]].reshape(a.shape).astype(a.dtype)
+                 for i, a in enumerate(host)]
+        if not is_numpy(xp):
+            parts = [xp.asarray(a) for a in parts]
+        return tree_unflatten(params, parts)
+
+    def flatten(tree):
+        parts = [np.asarray(to_numpy(a), dtype=np.float64).ravel()
+                 for a in tree_leaves(tree, like=params)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def objective(theta):
+        p = unflatten(theta)
+        try:
+            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2)
+        except ValueError as exc:
+            if is_nonfinite_error(exc):
+                return math.inf, np.zeros_like(theta)
+            raise
+        if not math.isfinite(value):
+            return math.inf, np.zeros_like(theta)
+        return value, flatten(grads)
+
+    history = {"epoch": [], "loss": [], "val_loss": []}
+    stopped = [False]
+
+    def on_iteration(intermediate_result):
+        it = len(history["epoch"]) + 1
+        history["epoch"].append(it)
+        history["loss"].append(float(intermediate_result.fun))
+        if callback is not None:
+            p = unflatten(intermediate_result.x)
+            logs = {"loss": float(intermediate_result.fun), "val_loss": None, "params": p,
+                    "state": state}
+            if callback(it, logs) is True:
+                stopped[0] = True
+                raise StopIteration
+
+    theta0 = flatten(params)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        result = minimize(objective, theta0, jac=True, method="L-BFGS-B", tol=tol,
+                          callback=on_iteration, options={"maxiter": max_iter})
+    if not np.all(np.isfinite(result.x)):
+        raise divergence_error(len(history["epoch"]) + 1, params, state, history)
+    new_params = unflatten(result.x)
+    if population_stats:
+        state = population_statistics(net, new_params, state, x)
+    return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])

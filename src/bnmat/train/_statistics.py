@@ -1,0 +1,42 @@
+"""Exact full-data statistics for every batch norm of a network."""
+
+from __future__ import annotations
+
+from ..layers._network import population_forward
+from ._data import check_batch_size, check_x, row_chunks, take_rows
+
+__all__ = ["population_statistics"]
+
+
+def population_statistics(net, params, state, x, *, batch_size=None):
+    """Replace every batch norm's stored statistics by exact full-data statistics.
+
+    Runs the network in training mode on all rows of ``x``, layer by layer, and
+    stores in each :class:`~bnmat.BatchNorm` the mean and the variance (with the
+    layer's ddof) of its input on the full data. After full-batch training,
+    ``net.predict(params, new_state, x)`` then reproduces the training-mode
+    output on ``x`` (up to rounding), unlike moving averages, which lag behind
+    the parameters.
+
+    Parameters
+    ----------
+    net : Sequential, Additive or any layer
+    params, state : list
+    x : array, shape (N, p)
+        N ≥ 2 (batch norm statistics need two rows; ddof=1 as well).
+    batch_size : int, optional
+        Process the rows in chunks of this size and merge each layer's chunk
+        statistics with count weights (exact up to rounding; for data too
+        large for one pass). None: one pass over all rows.
+
+    Returns
+    -------
+    new_state : list
+        ``state`` with ``mean`` and ``var`` replaced in every batch norm (its
+        ``count`` kept); ``state`` itself is not modified.
+    """
+    x = check_x(x)
+    batch_size = check_batch_size(batch_size)
+    xs = [take_rows(x, idx) for idx in row_chunks(x.shape[0], batch_size)]
+    _, new_state = population_forward(net, params, state, xs)
+    return new_state
