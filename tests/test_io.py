@@ -245,3 +245,16 @@ def test_header_not_json(saved, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model file"):
         io.load(tmp_path / "nope.npz")
+
+
+def test_saved_file_gets_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    net = Sequential([Dense(2)])
+    x = np.ones((3, 2))
+    params, state = net.init(x, seed=0)
+    path = io.save(tmp_path / "m.npz", net, params, state)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask

@@ -39,7 +39,9 @@ _LAZY = {
     "GradCheckReport": "gradcheck", "assert_vjp": "gradcheck",
     "DegenerateCheckWarning": "gradcheck",
 }
-_SUBMODULES = ("jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel")
+_SUBMODULES = (
+    "jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel", "datasets",
+)
 
 __all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]
 

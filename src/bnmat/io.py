@@ -208,6 +208,11 @@ def save(path, net, params, state, *, metadata: dict | None = None) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        # mkstemp creates the file private (0600); give it the permissions of
+        # an ordinary new file under the user's umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
