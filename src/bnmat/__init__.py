@@ -27,6 +27,7 @@ _LAZY = {
     "Sequential": "layers", "Dense": "layers", "BatchNorm": "layers",
     "ReLU": "layers", "LeakyReLU": "layers", "Tanh": "layers", "Sigmoid": "layers",
     "Softplus": "layers", "Identity": "layers", "Additive": "layers",
+    "GroupBatchNorm": "layers", "Linear": "layers",
     # training
     "value_and_grad": "train", "fit": "train", "fit_lbfgs": "train",
     "population_statistics": "train", "FitResult": "train", "DivergenceError": "train",
@@ -34,6 +35,9 @@ _LAZY = {
     "save": "io", "load": "io", "register_layer": "io",
     # estimators
     "BNMLPRegressor": "estimators", "BNMLPClassifier": "estimators",
+    "PanelBNMLPRegressor": "panel_estimator",
+    # panel models
+    "fit_panel": "panel_model", "within_r2_score": "panel_model",
     # checking
     "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
     "GradCheckReport": "gradcheck", "assert_vjp": "gradcheck",
@@ -41,6 +45,7 @@ _LAZY = {
 }
 _SUBMODULES = (
     "jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel", "datasets",
+    "panel_model", "panel_table", "panel_estimator",
 )
 
 __all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]

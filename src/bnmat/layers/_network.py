@@ -17,7 +17,8 @@ from .._array_api import as_float, check_2d, get_namespace, is_numpy, to_numpy
 from ._checks import positive_int
 from ._tree import cast_floating, tree_map
 
-__all__ = ["Network", "population_forward", "check_module", "is_sparse"]
+__all__ = ["Network", "population_forward", "check_module", "is_sparse", "uses_groups",
+           "group_kwargs"]
 
 _PROTOCOL = ("init", "forward", "backward")
 
@@ -32,6 +33,25 @@ def check_module(m, where: str):
         )
 
 
+def uses_groups(module) -> bool:
+    """True when ``module`` reads the batch's group labels.
+
+    A layer that needs the group label of every row (such as
+    :class:`~bnmat.layers.GroupBatchNorm`) says so with a true attribute
+    ``uses_groups``; its ``forward`` (and ``population_state``) then take a
+    keyword ``groups``. Containers (:class:`~bnmat.layers.Sequential`,
+    :class:`~bnmat.layers.Additive`) report whether any layer inside them does
+    and pass the labels down to those layers only, so layers written without a
+    ``groups`` keyword keep working unchanged.
+    """
+    return bool(getattr(module, "uses_groups", False))
+
+
+def group_kwargs(module, groups) -> dict:
+    """``{"groups": groups}`` for a module that reads group labels, else ``{}``."""
+    return {"groups": groups} if uses_groups(module) else {}
+
+
 def is_sparse(x) -> bool:
     return hasattr(x, "toarray") and hasattr(x, "nnz")
 
@@ -43,7 +63,7 @@ def _input_dtype(x):
     return to_numpy(x[:0]).dtype
 
 
-def population_forward(module, params, state, xs):
+def population_forward(module, params, state, xs, groups=None):
     """Run ``module`` in training mode on the data ``xs`` (a list of row chunks),
     setting every stored statistic inside it to the exact statistics of all rows.
 
@@ -52,15 +72,24 @@ def population_forward(module, params, state, xs):
     training mode and keeps its state (so a custom layer whose output depends
     on the batch, as batch norm's does, must define ``population_state``).
 
+    ``groups`` (a list of label arrays, one per chunk, or None) reaches only
+    modules for which :func:`uses_groups` is true.
+
     Returns
     -------
     ys : list of arrays
         The module's output, chunk by chunk.
     new_state : tree
     """
+    kw = group_kwargs(module, groups)
     if hasattr(module, "population_state"):
-        return module.population_state(params, state, xs)
-    ys = [module.forward(params, state, x, training=True)[0] for x in xs]
+        return module.population_state(params, state, xs, **kw)
+    if kw:
+        chunks = groups if groups is not None else [None] * len(xs)
+        ys = [module.forward(params, state, x, training=True, groups=g)[0]
+              for x, g in zip(xs, chunks)]
+    else:
+        ys = [module.forward(params, state, x, training=True)[0] for x in xs]
     return ys, state
 
 
@@ -113,7 +142,12 @@ class Network:
                 params, state = tree_map(move, params), tree_map(move, state)
         return params, state
 
-    def predict(self, params, state, x):
+    @property
+    def uses_groups(self) -> bool:
+        """True when a layer inside reads the batch's group labels (see :func:`uses_groups`)."""
+        return any(uses_groups(m) for m in self._modules())
+
+    def predict(self, params, state, x, groups=None):
         """Output in inference mode (stored statistics); ``state`` is not changed.
 
         Rows are independent of each other, so any number of rows works (one
@@ -123,10 +157,14 @@ class Network:
         ----------
         params, state : list
         x : array, shape (N, p)
+        groups : array_like, shape (N,), optional
+            The group label of every row, for layers that read it
+            (:class:`~bnmat.layers.GroupBatchNorm`: stored per-group
+            statistics; without labels, the pooled ones). Ignored by the others.
 
         Returns
         -------
         y : array, shape (N, k)
         """
-        y, _, _ = self.forward(params, state, x, training=False)
+        y, _, _ = self.forward(params, state, x, training=False, groups=groups)
         return y

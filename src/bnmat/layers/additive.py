@@ -10,7 +10,7 @@ import array_api_compat
 
 from .._array_api import get_namespace, is_numpy
 from ._checks import check_generator
-from ._network import Network, check_module, is_sparse, population_forward
+from ._network import Network, check_module, group_kwargs, is_sparse, population_forward
 from ._registry import register_layer
 
 __all__ = ["Additive", "AdditiveCache"]
@@ -96,6 +96,9 @@ class Additive(Network):
             raise ValueError("Additive needs at least one branch")
         object.__setattr__(self, "branches", tuple(branches))
 
+    def _modules(self):
+        return tuple(module for _, module in self.branches)
+
     def _init(self, rng, in_features):
         check_generator(rng)
         params, state, widths = [], [], []
@@ -118,7 +121,7 @@ class Additive(Network):
             if not isinstance(value, (list, tuple)) or len(value) != n:
                 raise ValueError(f"{name} must be a list with one entry per branch ({n})")
 
-    def forward(self, params, state, x, *, training: bool):
+    def forward(self, params, state, x, *, training: bool, groups=None):
         """``y = Σ_b f_b(X S_b)``.
 
         Parameters
@@ -127,6 +130,9 @@ class Additive(Network):
             One entry per branch.
         x : array, shape (N, p)
         training : bool
+        groups : array_like, shape (N,), optional
+            The group label of every row (rows are not subset, only columns),
+            passed to the branches that read it.
 
         Returns
         -------
@@ -139,7 +145,8 @@ class Additive(Network):
         y, new_state, caches, columns = None, [], [], []
         for i, ((cols, module), pb, sb) in enumerate(zip(self.branches, params, state)):
             idx = _resolve_columns(cols, p, i)
-            yb, sb, cb = module.forward(pb, sb, _take_columns(x, idx), training=training)
+            yb, sb, cb = module.forward(pb, sb, _take_columns(x, idx), training=training,
+                                        **group_kwargs(module, groups))
             if y is not None and tuple(yb.shape) != tuple(y.shape):
                 raise ValueError(
                     f"branch {i} returned shape {tuple(yb.shape)}; earlier branches "
@@ -177,15 +184,19 @@ class Additive(Network):
             grads.append(gb)
         return dx, grads
 
-    def population_state(self, params, state, xs):
-        """Exact full-data statistics in every branch; see :func:`population_forward`."""
+    def population_state(self, params, state, xs, groups=None):
+        """Exact full-data statistics in every branch; see :func:`population_forward`.
+
+        ``groups``: a list of label arrays parallel to ``xs``, or None.
+        """
         self._check_lists(params, state)
         xs = list(xs)
         p = xs[0].shape[1]
         ys, new_state = None, []
         for i, ((cols, module), pb, sb) in enumerate(zip(self.branches, params, state)):
             idx = _resolve_columns(cols, p, i)
-            yb, sb = population_forward(module, pb, sb, [_take_columns(x, idx) for x in xs])
+            yb, sb = population_forward(module, pb, sb, [_take_columns(x, idx) for x in xs],
+                                        groups)
             ys = yb if ys is None else [a + b for a, b in zip(ys, yb)]
             new_state.append(sb)
         return ys, new_state

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ._checks import check_generator
-from ._network import Network, check_module, population_forward
+from ._network import Network, check_module, group_kwargs, population_forward
 from ._registry import register_layer
 
 __all__ = ["Sequential", "SequentialCache"]
@@ -52,6 +52,9 @@ class Sequential(Network):
     def __len__(self):
         return len(self.layers)
 
+    def _modules(self):
+        return self.layers
+
     def _init(self, rng, in_features):
         check_generator(rng)
         params, state = [], []
@@ -72,7 +75,7 @@ class Sequential(Network):
                     f"{name} must be a list with one entry per layer ({n}); got {got}"
                 )
 
-    def forward(self, params, state, x, *, training: bool):
+    def forward(self, params, state, x, *, training: bool, groups=None):
         """Run the layers in order.
 
         Parameters
@@ -83,6 +86,10 @@ class Sequential(Network):
         training : bool
             Training mode (batch statistics, state updated) or inference mode
             (stored statistics, state returned unchanged).
+        groups : array_like, shape (N,), optional
+            The group label of every row; passed (as ``groups=``) only to the
+            layers that read it (``uses_groups``), such as
+            :class:`~bnmat.layers.GroupBatchNorm`.
 
         Returns
         -------
@@ -94,7 +101,7 @@ class Sequential(Network):
         self._check_lists(params, state)
         new_state, caches = [], []
         for layer, p, s in zip(self.layers, params, state):
-            x, s, c = layer.forward(p, s, x, training=training)
+            x, s, c = layer.forward(p, s, x, training=training, **group_kwargs(layer, groups))
             new_state.append(s)
             caches.append(c)
         return x, new_state, SequentialCache(caches)
@@ -120,14 +127,15 @@ class Sequential(Network):
             dy, grads[i] = self.layers[i].backward(dy, caches[i])
         return dy, grads
 
-    def population_state(self, params, state, xs):
+    def population_state(self, params, state, xs, groups=None):
         """Layer by layer, set stored statistics to exact full-data ones.
 
-        See :func:`population_forward`; returns ``(ys, new_state)``.
+        See :func:`population_forward`; ``groups`` is a list of label arrays
+        parallel to ``xs`` (or None). Returns ``(ys, new_state)``.
         """
         self._check_lists(params, state)
         new_state = []
         for layer, p, s in zip(self.layers, params, state):
-            xs, s = population_forward(layer, p, s, xs)
+            xs, s = population_forward(layer, p, s, xs, groups)
             new_state.append(s)
         return xs, new_state

@@ -10,10 +10,16 @@
 * :func:`fit_lbfgs` — full-batch L-BFGS-B through :func:`scipy.optimize.minimize`
   with exact gradients (with batch norm on the full batch the objective is a
   deterministic function of the parameters).
+
+All four take ``groups=``: the group labels of the rows (one array, or several
+factors such as ``(unit, period)``). Layers that read labels
+(:class:`~bnmat.layers.GroupBatchNorm`) get the first factor, the within losses
+``"within_sse"`` and ``"within_mse"`` project out all factors, and
+mini-batches are made of whole groups of the first factor.
 """
 
 from ._fit import DivergenceError, FitResult, fit
-from ._grad import l2_penalty, loss_value, train_step, value_and_grad
+from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
 from ._lbfgs import fit_lbfgs
 from ._statistics import population_statistics
 
@@ -27,4 +33,5 @@ __all__ = [
     "fit_lbfgs",
     "FitResult",
     "DivergenceError",
+    "WITHIN_LOSSES",
 ]

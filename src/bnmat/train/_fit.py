@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 import re
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from .._array_api import get_namespace
 from ..layers._tree import tree_leaves
+from ..ops.group_batchnorm_inference import UnseenGroupWarning
 from ..optim import Optimizer, adam
 from ._data import check_batch_size, check_xy, row_chunks, take_rows
 from ._grad import check_l2, resolve_loss, loss_value, value_and_grad
+from ._groups import as_factors, for_loss, group_batches, group_holdout, take_factors
 from ._statistics import population_statistics
 
 __all__ = ["fit", "FitResult", "DivergenceError"]
@@ -153,7 +156,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         early_stopping: bool = False, patience: int = 10, tol: float = 1e-4,
         seed=0, shuffle: bool = True, callback: Callable | None = None,
         progress: bool = True, drop_last: str = "merge",
-        population_stats: bool = True) -> FitResult:
+        population_stats: bool = True, groups=None) -> FitResult:
     """Train a network with a first-order optimizer, in full or mini-batches.
 
     Each epoch visits the training rows once, in mini-batches drawn from a
@@ -179,10 +182,16 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         Rows per mini-batch; None (or ≥ N) is full batch, without shuffling.
     l2 : float, default 0
         Adds ``½ l2 Σ‖W‖²`` over the Dense weights to the objective.
-    validation_data : (x_val, y_val), optional
+    validation_data : (x_val, y_val) or (x_val, y_val, groups_val), optional
+        With ``groups``, the validation rows need their labels too (for the
+        within losses and the layers that read labels).
     validation_fraction : float in [0, 1), default 0
         Without ``validation_data``, hold out ``ceil(fraction · N)`` rows
-        chosen by the seeded generator.
+        chosen by the seeded generator; with ``groups``, hold out
+        ``ceil(fraction · G)`` whole groups of the first factor instead (their
+        rows in :class:`~bnmat.layers.GroupBatchNorm` then use the pooled
+        statistics; the :class:`~bnmat.ops.UnseenGroupWarning` is issued in
+        the first epoch only).
     early_stopping : bool, default False
         Stop when the monitored loss (validation loss if there is validation
         data, else the training loss) has not fallen below ``best − tol`` for
@@ -208,6 +217,18 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     population_stats : bool, default True
         Set exact population statistics at the end (see above); False keeps
         the moving averages.
+    groups : array_like, optional
+        Group labels of the rows, as in :func:`value_and_grad`: one (N,)
+        array, or several factors such as ``(unit, period)``. Mini-batches are
+        then made of **whole groups** of the first factor (shuffled groups are
+        added to a batch until it has at least ``batch_size`` rows), so that
+        per-group statistics (:class:`~bnmat.layers.GroupBatchNorm`, the
+        within losses) are those of complete groups. A group too small for its
+        statistics (fewer than ``max(2, ddof + 1)`` rows in a
+        :class:`~bnmat.layers.GroupBatchNorm`) is an error, raised by the layer
+        with the group's label; merge such groups or drop them first. Under a
+        within loss a group of one row is allowed and contributes nothing
+        (its own effect fits it exactly).
 
     Returns
     -------
@@ -237,15 +258,32 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         raise ValueError(f"drop_last must be one of {_DROP_LAST}; got {drop_last!r}")
     if not (isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 1):
         raise ValueError(f"validation_fraction must lie in [0, 1); got {validation_fraction!r}")
-    resolve_loss(loss)
+    factors = as_factors(groups, x.shape[0])
+    resolve_loss(loss, for_loss(factors))
     optimizer = adam(1e-3) if optimizer is None else optimizer
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
-    x_val = y_val = None
+    x_val = y_val = g_val = None
     if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a pair (x_val, y_val)")
-        x_val, y_val = check_xy(*validation_data, what="_val")
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+            raise ValueError(
+                "validation_data must be a pair (x_val, y_val) or a triple "
+                "(x_val, y_val, groups_val)"
+            )
+        x_val, y_val = check_xy(*validation_data[:2], what="_val")
+        if len(validation_data) == 3:
+            g_val = as_factors(validation_data[2], x_val.shape[0])
+        elif factors is not None:
+            raise ValueError(
+                "training with groups= needs the validation rows' labels as well: pass "
+                "validation_data=(x_val, y_val, groups_val)"
+            )
+    elif validation_fraction > 0 and factors is not None:
+        train_idx, val_idx = group_holdout(factors[0], validation_fraction, rng)
+        x_val, y_val = take_rows(x, val_idx), take_rows(y, val_idx)
+        g_val = take_factors(factors, val_idx)
+        x, y = take_rows(x, train_idx), take_rows(y, train_idx)
+        factors = take_factors(factors, train_idx)
     elif validation_fraction > 0:
         n_val = math.ceil(validation_fraction * x.shape[0])
         if n_val >= x.shape[0]:
@@ -270,13 +308,19 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         # warnings about it would only repeat the error.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for epoch in range(1, epochs + 1):
-                order = rng.permutation(n) if (shuffle and batch_size and batch_size < n) else None
+                if factors is not None:
+                    batches = group_batches(factors[0], batch_size, rng, shuffle, drop_last)
+                else:
+                    order = (rng.permutation(n) if (shuffle and batch_size and batch_size < n)
+                             else None)
+                    batches = row_chunks(n, batch_size, order, drop_last)
                 total, rows = 0.0, 0
-                for idx in row_chunks(n, batch_size, order, drop_last):
+                for idx in batches:
                     xb, yb = take_rows(x, idx), take_rows(y, idx)
                     try:
-                        value, grads, new_state = value_and_grad(net, params, state, xb, yb,
-                                                                 loss, l2=l2)
+                        value, grads, new_state = value_and_grad(
+                            net, params, state, xb, yb, loss, l2=l2,
+                            groups=take_factors(factors, idx))
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -291,7 +335,12 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                 val_loss = None
                 if has_val:
                     try:
-                        val_loss = loss_value(net, params, state, x_val, y_val, loss)
+                        with warnings.catch_warnings():
+                            # Held-out groups are the same every epoch: say so once.
+                            if epoch > 1:
+                                warnings.simplefilter("ignore", UnseenGroupWarning)
+                            val_loss = loss_value(net, params, state, x_val, y_val, loss,
+                                                  groups=g_val)
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -321,5 +370,6 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     if early_stopping:
         params, state = best_params, best_state
     if population_stats:
-        state = population_statistics(net, params, state, x, batch_size=batch_size)
+        state = population_statistics(net, params, state, x, batch_size=batch_size,
+                                      groups=factors)
     return FitResult(params, state, history, best_epoch, stopped_early)

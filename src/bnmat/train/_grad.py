@@ -8,27 +8,73 @@ import numpy as np
 
 from .. import ops
 from .._array_api import as_float, get_namespace, is_numpy, to_numpy
+from ..layers._network import uses_groups
 from ..optim import Optimizer
+from ._groups import as_factors, for_layers, for_loss
 
-__all__ = ["value_and_grad", "loss_value", "l2_penalty", "train_step"]
+__all__ = ["value_and_grad", "loss_value", "l2_penalty", "train_step", "WITHIN_LOSSES"]
+
+#: Losses that project out the group effects of ``groups`` (all factors).
+WITHIN_LOSSES = ("within_sse", "within_mse")
+
+#: Tolerance and sweep limit of the alternating projections (two or more factors).
+WITHIN_TOL, WITHIN_MAX_ITER = 1e-10, 10_000
 
 
-def resolve_loss(loss):
+def _within_pair(name, groups):
+    """The (forward, backward) pair of a within loss for the labels of one batch.
+
+    ``within_sse``: ``R = ‖M(y − ŷ)‖²`` (:func:`bnmat.ops.within_sse_forward`);
+    ``within_mse``: the same divided by N·k, so its scale does not grow with
+    the batch. ``∂R/∂ŷ = −2 M(y − ŷ)`` (divided by N·k for the mean).
+    """
+    def forward(y_pred, y):
+        value, cache = ops.within_sse_forward(y_pred, y, groups, tol=WITHIN_TOL,
+                                              max_iter=WITHIN_MAX_ITER)
+        scale = 1.0
+        if name == "within_mse":
+            scale = 1.0 / float(np.prod(np.shape(y_pred)))
+        return value * scale, (cache, scale)
+
+    def backward(dloss, cache):
+        inner, scale = cache
+        return ops.within_sse_backward(float(dloss) * scale, inner)
+
+    return forward, backward
+
+
+def resolve_loss(loss, groups=None):
+    """``(forward, backward, name)`` of a loss; the within losses need ``groups``."""
+    names = sorted(ops.LOSSES) + list(WITHIN_LOSSES)
     if isinstance(loss, str):
+        if loss in WITHIN_LOSSES:
+            if groups is None:
+                raise ValueError(
+                    f"loss={loss!r} projects out group effects and needs the group label of "
+                    "every row: pass groups= (one label array, or (unit, period) arrays)"
+                )
+            forward, backward = _within_pair(loss, groups)
+            return forward, backward, loss
         try:
             forward, backward = ops.LOSSES[loss]
         except KeyError:
             raise ValueError(
-                f"unknown loss {loss!r}; use one of {sorted(ops.LOSSES)} or a "
-                "(forward, backward) pair"
+                f"unknown loss {loss!r}; use one of {names} or a (forward, backward) pair"
             ) from None
         return forward, backward, loss
     if isinstance(loss, (tuple, list)) and len(loss) == 2 and all(map(callable, loss)):
         return loss[0], loss[1], None
     raise ValueError(
-        f"loss must be one of {sorted(ops.LOSSES)} or a (forward, backward) pair in the "
+        f"loss must be one of {names} or a (forward, backward) pair in the "
         f"bnmat.ops.losses convention; got {loss!r}"
     )
+
+
+def net_kwargs(net, factors) -> dict:
+    """``{"groups": first factor}`` when the network has a layer that reads labels."""
+    if factors is not None and uses_groups(net):
+        return {"groups": for_layers(factors)}
+    return {}
 
 
 def _match_target(y_pred, y, loss_name):
@@ -100,7 +146,7 @@ def check_l2(l2) -> float:
 
 
 def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = True,
-                   l2: float = 0.0):
+                   l2: float = 0.0, groups=None):
     """The loss of a network and its gradient with respect to every parameter.
 
     Forward through ``net`` (training or inference mode), the loss, then the
@@ -116,9 +162,16 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
     y : array, shape (N,) or (N, k)
         A target of shape (N,) is matched to a (N, 1) output. For
         ``"softmax_cross_entropy"`` y is one-hot (N, k) or integer labels (N,).
-    loss : {"sse", "mse", "softmax_cross_entropy"} or (forward, backward), default "sse"
-        A pair follows the :mod:`bnmat.ops.losses` convention:
-        ``forward(y_pred, y) -> (loss, cache)``, ``backward(dloss, cache) -> dy_pred``.
+    loss : str or (forward, backward), default "sse"
+        ``"sse"``, ``"mse"``, ``"softmax_cross_entropy"``, or a within
+        (fixed-effects) loss: ``"within_sse"`` is ``‖M(y − ŷ)‖²`` with M the
+        projection that removes the effects of every factor of ``groups``
+        (:func:`bnmat.ops.within_sse_forward`; one factor exactly, several by
+        alternating projections to a relative tolerance of 1e-10), and
+        ``"within_mse"`` the same divided by N·k. Their gradient is
+        ``−2 M(y − ŷ)`` (over N·k). A pair follows the :mod:`bnmat.ops.losses`
+        convention: ``forward(y_pred, y) -> (loss, cache)``,
+        ``backward(dloss, cache) -> dy_pred``.
     training : bool, default True
         True: batch statistics (N ≥ 2 rows), the gradient of the training
         objective, running statistics updated in ``new_state``. False: the
@@ -127,6 +180,12 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
     l2 : float, default 0
         Adds ``½ l2 Σ ‖W‖²`` over the Dense weights (entries named ``"w"``) to
         the loss and ``l2 W`` to their gradients.
+    groups : array_like, optional
+        The group labels of the rows: one array of shape (N,), or several
+        factors (a sequence of (N,) arrays or an (N, F) array, e.g.
+        ``(unit, period)``). Layers that read labels
+        (:class:`~bnmat.layers.GroupBatchNorm`) get the first factor; the
+        within losses project out all factors; other layers ignore them.
 
     Returns
     -------
@@ -142,8 +201,10 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         values, non-conforming shapes.
     """
     l2 = check_l2(l2)
-    forward, backward, name = resolve_loss(loss)
-    y_pred, new_state, cache = net.forward(params, state, x, training=training)
+    factors = as_factors(groups, x.shape[0])
+    forward, backward, name = resolve_loss(loss, for_loss(factors))
+    y_pred, new_state, cache = net.forward(params, state, x, training=training,
+                                           **net_kwargs(net, factors))
     target = _match_target(y_pred, y, name)
     value, loss_cache = forward(y_pred, target)
     dy_pred = backward(1.0, loss_cache)
@@ -155,16 +216,21 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
     return value, grads, new_state
 
 
-def loss_value(net, params, state, x, y, loss="sse") -> float:
-    """The loss of ``net.predict`` (inference mode, no penalty) on ``(x, y)``."""
-    forward, _, name = resolve_loss(loss)
-    y_pred = net.predict(params, state, x)
+def loss_value(net, params, state, x, y, loss="sse", *, groups=None) -> float:
+    """The loss of ``net.predict`` (inference mode, no penalty) on ``(x, y)``.
+
+    ``groups`` as in :func:`value_and_grad`.
+    """
+    factors = as_factors(groups, x.shape[0])
+    forward, _, name = resolve_loss(loss, for_loss(factors))
+    y_pred, _, _ = net.forward(params, state, x, training=False, **net_kwargs(net, factors))
     return float(forward(y_pred, _match_target(y_pred, y, name))[0])
 
 
 def train_step(net, optimizer: Optimizer, params, state, opt_state, x, y, loss="mse", *,
-               l2: float = 0.0):
-    """One training-mode gradient step on the batch ``(x, y)``.
+               l2: float = 0.0, groups=None):
+    """One training-mode gradient step on the batch ``(x, y)`` (``groups`` as in
+    :func:`value_and_grad`).
 
     Returns
     -------
@@ -173,6 +239,6 @@ def train_step(net, optimizer: Optimizer, params, state, opt_state, x, y, loss="
     params, state, opt_state
         Updated (new objects; the inputs are not modified).
     """
-    value, grads, state = value_and_grad(net, params, state, x, y, loss, l2=l2)
+    value, grads, state = value_and_grad(net, params, state, x, y, loss, l2=l2, groups=groups)
     params, opt_state = optimizer.update(grads, opt_state, params)
     return value, params, state, opt_state

@@ -12,6 +12,7 @@ from ..layers._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
 from ._fit import FitResult, divergence_error, is_nonfinite_error, positive_int
 from ._grad import check_l2, resolve_loss, value_and_grad
+from ._groups import as_factors, for_loss
 from ._statistics import population_statistics
 
 __all__ = ["fit_lbfgs"]
@@ -19,7 +20,7 @@ __all__ = ["fit_lbfgs"]
 
 def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter: int = 200,
               tol: float = 1e-7, callback: Callable | None = None,
-              population_stats: bool = True) -> FitResult:
+              population_stats: bool = True, groups=None) -> FitResult:
     """Full-batch training by L-BFGS-B (:func:`scipy.optimize.minimize`) with exact gradients.
 
     The parameters are flattened into one float64 vector θ; each evaluation
@@ -31,8 +32,9 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
 
     Parameters
     ----------
-    net, params, state, x, y, loss, l2
-        As in :func:`fit`.
+    net, params, state, x, y, loss, l2, groups
+        As in :func:`fit` (all rows form one batch; ``groups`` reaches the
+        layers that read labels and the within losses).
     max_iter : int, default 200
         Maximum number of L-BFGS iterations.
     tol : float, default 1e-7
@@ -57,7 +59,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     x, y = check_xy(x, y)
     max_iter = positive_int(max_iter, "max_iter")
     l2 = check_l2(l2)
-    resolve_loss(loss)
+    factors = as_factors(groups, x.shape[0])
+    resolve_loss(loss, for_loss(factors))
     leaves = tree_leaves(params)
     xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
     host = [to_numpy(a) for a in leaves]
@@ -79,7 +82,7 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     def objective(theta):
         p = unflatten(theta)
         try:
-            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2)
+            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2, groups=factors)
         except ValueError as exc:
             if is_nonfinite_error(exc):
                 return math.inf, np.zeros_like(theta)
@@ -111,5 +114,5 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
         raise divergence_error(len(history["epoch"]) + 1, params, state, history)
     new_params = unflatten(result.x)
     if population_stats:
-        state = population_statistics(net, new_params, state, x)
+        state = population_statistics(net, new_params, state, x, groups=factors)
     return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])

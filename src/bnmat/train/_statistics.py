@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ..layers._network import population_forward
+from ..layers._network import uses_groups
 from ._data import check_batch_size, check_x, row_chunks, take_rows
+from ._groups import as_factors
 
 __all__ = ["population_statistics"]
 
 
-def population_statistics(net, params, state, x, *, batch_size=None):
+def population_statistics(net, params, state, x, *, batch_size=None, groups=None):
     """Replace every batch norm's stored statistics by exact full-data statistics.
 
     Runs the network in training mode on all rows of ``x``, layer by layer, and
@@ -28,6 +30,10 @@ def population_statistics(net, params, state, x, *, batch_size=None):
         Process the rows in chunks of this size and merge each layer's chunk
         statistics with count weights (exact up to rounding; for data too
         large for one pass). None: one pass over all rows.
+    groups : array_like, optional
+        Group labels of the rows, as in :func:`bnmat.value_and_grad`; each
+        :class:`~bnmat.layers.GroupBatchNorm` gets the first factor and stores
+        the exact statistics of every group in ``x`` (and the pooled ones).
 
     Returns
     -------
@@ -37,6 +43,11 @@ def population_statistics(net, params, state, x, *, batch_size=None):
     """
     x = check_x(x)
     batch_size = check_batch_size(batch_size)
-    xs = [take_rows(x, idx) for idx in row_chunks(x.shape[0], batch_size)]
-    _, new_state = population_forward(net, params, state, xs)
+    chunks = row_chunks(x.shape[0], batch_size)
+    xs = [take_rows(x, idx) for idx in chunks]
+    factors = as_factors(groups, x.shape[0])
+    labels = None
+    if factors is not None and uses_groups(net):
+        labels = [factors[0] if idx is None else factors[0][idx] for idx in chunks]
+    _, new_state = population_forward(net, params, state, xs, labels)
     return new_state

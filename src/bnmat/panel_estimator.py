@@ -1,0 +1,338 @@
+"""scikit-learn estimator for panel data: fixed-effects and partially linear networks.
+
+:class:`PanelBNMLPRegressor` fits ``y_it = α_i (+ τ_t) + x_linᵀ b + f(x_nn) + e_it``
+by the within estimator (:mod:`bnmat.panel_model` has the mathematics). It
+takes the parameters of :class:`bnmat.BNMLPRegressor` and adds the panel's
+structure: ``fit(X, y, groups=units, time=periods)``.
+
+This module needs scikit-learn (``pip install bnmat[sklearn]``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .estimators import _BNMLPBase
+from .panel_model import EFFECTS, fit_panel, within_r2_score
+
+__all__ = ["PanelBNMLPRegressor"]
+
+_FLOATS = (np.float64, np.float32)
+
+
+class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
+    """Batch-normalized network for panel data with fixed effects and a linear part.
+
+    The model, for unit i in period t::
+
+        y_it = α_i (+ τ_t) + x_lin,itᵀ b + f(x_nn,it) + e_it
+
+    with f the network of :class:`~bnmat.BNMLPRegressor` on the columns
+    ``x_nn``. The effects are profiled out: f and b minimize the within loss
+    ``‖M(y − x_lin b − f)‖²/N + (α/N) Σ‖Γ‖²`` with M removing unit (and
+    period) means, exactly as the linear fixed-effects ("within") regression
+    does, whose estimate this is when f is absent (``network_features=[]``).
+    After training, the effects α̂_i are the unit means of the residuals.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default (100,)
+    activation : {"relu", "tanh", "logistic", "identity", "leaky_relu", "softplus"}, default "relu"
+    effects : {"entity", "twoway", "none"}, default "entity"
+        Unit effects (``fit`` needs ``groups``), unit and period effects
+        (``groups`` and ``time``; unbalanced panels allowed, alternating
+        projections to 1e-10 relative), or none (a plain, possibly partially
+        linear, regressor).
+    linear_features : list of int or str, optional
+        Columns entering linearly, by index or by name (DataFrame columns).
+        Their coefficients are reported in ``coef_linear_`` and are not
+        penalized by ``alpha``. Under unit effects, a column that does not
+        vary within units (a time-invariant regressor) is absorbed and raises
+        ``ValueError``, as in ``linearmodels``; so do collinear columns.
+    network_features : list of int or str, optional
+        Columns entering the network; default: all columns not in
+        ``linear_features``; ``[]`` gives no network (the linear model).
+    group_batchnorm : bool, default False
+        Normalize the hidden layers with each unit's own statistics
+        (:class:`bnmat.layers.GroupBatchNorm`), so that f sees every unit's
+        deviations from its own typical values. Every unit needs at least
+        ``max(2, bn_ddof + 1)`` rows.
+    solver : {"adam", "sgd", "lbfgs"}, default "adam"
+        adam and sgd train on mini-batches of **whole units** (so each unit's
+        effect is profiled out within its batch); lbfgs trains full-batch with
+        exact gradients.
+    alpha : float, default 1e-4
+        L2 penalty on the network's dense weights.
+    batch_size : int or "auto", default "auto"
+        At least this many rows per mini-batch, in whole units; "auto" is
+        ``min(200, N)``.
+    learning_rate_init, max_iter, shuffle, random_state, tol, verbose, momentum, \
+nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
+        As in :class:`bnmat.BNMLPRegressor`.
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the **units** and stop on their
+        within loss.
+    validation_fraction : float, default 0.1
+
+    Attributes
+    ----------
+    coef_linear_ : dict
+        Feature name → b, on the original scales of X and y.
+    effects_ : dict
+        Unit label → α̂ (empty for ``effects="none"``), normalized to a
+        row-weighted mean of zero over the training rows.
+    time_effects_ : dict
+        Period label → τ̂ (two-way only; row-weighted mean zero).
+    intercept_ : float
+        The constant in ``ŷ = intercept_ + x_linᵀ b + f(x_nn) + α̂_i (+ τ̂_t)``
+        (b on the original scales; f the network branch's output on y's scale).
+    model_ : bnmat.panel_model.PanelModel
+        Everything fitted, including ``net``, ``params`` and ``state``.
+    net_, params_, state_, x_scaling_, y_scaling_
+        Shortcuts into ``model_``.
+    linear_features_, network_features_ : list of str
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When X has string column names.
+    loss_curve_ : list of float
+    best_loss_ : float
+    n_iter_ : int
+    validation_loss_ : list of float or None
+        Within loss of the held-out units per epoch (``early_stopping``).
+
+    Notes
+    -----
+    **Predictions.** ``predict(X, groups=units, time=periods)`` adds α̂_i for
+    units seen in ``fit`` (and τ̂_t for periods seen). For new units, and for
+    every row when ``groups`` is None, there is no estimated effect: the
+    prediction is ``intercept_ + x_linᵀ b + f(x_nn)``, that of a unit with
+    the average effect. With ``group_batchnorm`` the network itself uses
+    per-unit statistics for known units and the pooled statistics for new
+    ones (with a warning) or when ``groups`` is None.
+
+    **Identification.** Under unit effects neither a level nor anything
+    constant within units is identified from within variation: the network's
+    output layer has no bias, and time-invariant inputs influence f only
+    through their interactions with time-varying ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bnmat import PanelBNMLPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> units = np.repeat(np.arange(30), 5)
+    >>> X = rng.normal(size=(150, 3))
+    >>> y = 2.0 * X[:, 0] + np.sin(X[:, 1]) + rng.normal(size=30)[units]
+    >>> model = PanelBNMLPRegressor((16,), linear_features=[0], solver="lbfgs",
+    ...                             max_iter=300, random_state=0).fit(X, y, groups=units)
+    >>> round(model.coef_linear_["x0"], 1)
+    2.0
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        effects="entity",
+        linear_features=None,
+        network_features=None,
+        group_batchnorm=False,
+        solver="adam",
+        alpha=1e-4,
+        batch_size="auto",
+        learning_rate_init=1e-3,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        bn_eps=1e-5,
+        bn_ddof=0,
+        bn_decay=0.9,
+        standardize_y=True,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.effects = effects
+        self.linear_features = linear_features
+        self.network_features = network_features
+        self.group_batchnorm = group_batchnorm
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.bn_eps = bn_eps
+        self.bn_ddof = bn_ddof
+        self.bn_decay = bn_decay
+        self.standardize_y = standardize_y
+
+    def fit(self, X, y, groups=None, time=None):
+        """Fit the panel network.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, p)
+        y : array-like, shape (N,)
+        groups : array-like, shape (N,), optional
+            Unit of every row (integers or strings). Required unless
+            ``effects="none"`` and ``group_batchnorm=False`` (then ignored).
+        time : array-like, shape (N,), optional
+            Period of every row; required for ``effects="twoway"``, otherwise
+            ignored.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Missing labels, unidentified linear coefficients, a unit with too
+            few rows for ``group_batchnorm``, NaN or infinity, fewer than 2
+            samples, invalid hyperparameters, divergence.
+        """
+        hidden = self._check_params()
+        if self.effects not in EFFECTS:
+            raise ValueError(f"effects must be one of {EFFECTS}; got {self.effects!r}")
+        for name in ("group_batchnorm", "standardize_y"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", y_numeric=True)
+        n = X.shape[0]
+        self._check_rows(n)
+        names = getattr(self, "feature_names_in_", None)
+        names = None if names is None else [str(s) for s in names]
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(0, 2**31 - 1))
+        stochastic = self.solver != "lbfgs"
+        batch = None
+        if stochastic:
+            batch = min(200, n) if self.batch_size == "auto" else int(self.batch_size)
+            if batch > n:
+                warnings.warn(
+                    f"batch_size={batch} is larger than the {n} training samples; it is "
+                    "clipped to the sample size", UserWarning, stacklevel=2)
+                batch = n
+        model = fit_panel(
+            X, y, groups, time, effects=self.effects,
+            linear_features=self.linear_features, network_features=self.network_features,
+            feature_names=names, hidden=hidden, activation=self.activation,
+            solver=self.solver, alpha=float(self.alpha), batch_size=batch,
+            learning_rate=float(self.learning_rate_init), max_iter=int(self.max_iter),
+            tol=float(self.tol), shuffle=bool(self.shuffle), seed=seed,
+            momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum),
+            early_stopping=bool(self.early_stopping),
+            validation_fraction=float(self.validation_fraction),
+            patience=int(self.n_iter_no_change), bn_eps=float(self.bn_eps),
+            bn_ddof=int(self.bn_ddof), bn_decay=float(self.bn_decay),
+            standardize_y=bool(self.standardize_y), group_batchnorm=bool(self.group_batchnorm),
+            progress=bool(self.verbose),
+        )
+        self.model_ = model
+        self.net_, self.params_, self.state_ = model.net, model.params, model.state
+        self.x_scaling_, self.y_scaling_ = model.x_scaling, model.y_scaling
+        self.coef_linear_ = model.coef_linear
+        self.effects_ = model.effects_dict
+        self.time_effects_ = model.time_effects_dict
+        self.intercept_ = float(model.intercept)
+        self.linear_features_ = [model.feature_names[j] for j in model.linear_columns]
+        self.network_features_ = [model.feature_names[j] for j in model.network_columns]
+        self.loss_curve_ = [float(v) for v in model.history["loss"]]
+        self.n_iter_ = len(self.loss_curve_)
+        self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else float("nan")
+        val = model.history.get("val_loss") or None
+        self.validation_loss_ = None if val is None else [float(v) for v in val]
+        if not model.stopped_early and stochastic and self.n_iter_ >= self.max_iter:
+            warnings.warn(
+                f"the optimizer reached max_iter={self.max_iter} epochs before the loss "
+                f"stopped improving (tol={self.tol}, n_iter_no_change={self.n_iter_no_change})",
+                ConvergenceWarning, stacklevel=2)
+        return self
+
+    def predict(self, X, groups=None, time=None):
+        """Predict with the stored statistics and the estimated effects.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+        groups : array-like, shape (M,), optional
+            Units: rows of units seen in ``fit`` get their α̂_i; other rows, or
+            all rows without ``groups``, get none (the average unit).
+        time : array-like, shape (M,), optional
+            Periods (two-way models): τ̂_t for periods seen in ``fit``.
+
+        Returns
+        -------
+        ndarray, shape (M,)
+            float32 for float32 X, else float64.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOATS, order="C", reset=False)
+        return self.model_.predict(X, groups, time).astype(X.dtype, copy=False)
+
+    def score(self, X, y, groups=None, time=None, sample_weight=None):
+        """R² of ``predict(X, groups, time)``.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+        y : array-like, shape (M,)
+        groups, time : array-like, shape (M,), optional
+        sample_weight : array-like, shape (M,), optional
+
+        Returns
+        -------
+        float
+        """
+        return float(r2_score(y, self.predict(X, groups, time), sample_weight=sample_weight))
+
+    def within_score(self, X, y, groups, time=None):
+        """Within R² of the predictions: ``1 − ‖M(y − ŷ)‖²/‖My‖²``.
+
+        M removes the means of ``groups`` (and of ``time`` for a two-way
+        model) within the rows given, so the effects do not matter: it scores
+        how well ``x_linᵀ b + f(x_nn)`` tracks the units' changes. See
+        :func:`bnmat.panel_model.within_r2_score`.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+        y : array-like, shape (M,)
+        groups : array-like, shape (M,)
+        time : array-like, shape (M,), optional
+
+        Returns
+        -------
+        float
+        """
+        factors = groups if time is None or self.effects != "twoway" else [groups, time]
+        return within_r2_score(y, self.predict(X, groups, time), factors)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.single_output = True
+        tags.target_tags.multi_output = False
+        return tags

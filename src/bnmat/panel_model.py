@@ -1,0 +1,446 @@
+"""Fixed-effects and partially linear networks for panel data, without scikit-learn.
+
+The model, for unit i observed in period t::
+
+    y_it = α_i (+ τ_t) + x_lin,itᵀ b + f(x_nn,it) + e_it
+
+* ``effects="entity"``: one-way unit effects α_i; ``"twoway"``: unit and
+  period effects; ``"none"``: a common intercept only.
+* the linear part ``x_linᵀ b`` (columns chosen by the user, coefficients
+  reported by name) and the network f (batch-normalized MLP on the other
+  columns) are summed (:func:`bnmat.layers.partially_linear`).
+
+Estimation profiles the effects out (the *within* estimator): the network is
+trained on ``R = ‖M(y − ŷ)‖²/N`` with M the projection that removes unit (and
+period) means (:func:`bnmat.ops.within_sse_forward`; two-way by alternating
+projections to 1e-10 relative), whose gradient ``−2M(y − ŷ)/N`` enters the
+network's backward pass. Mini-batches hold whole units. After training the
+effects are recovered from the residuals ``y − ŷ`` (:func:`bnmat.panel.recover_effects`).
+
+Normalization of the level: the effects are shifted to a row-weighted mean of
+zero over the training rows (two-way: the period effects, as in
+:func:`~bnmat.panel.recover_effects`, and then the unit effects), and the
+constant moves into the intercept. Hence a prediction without an effect (a
+unit, or period, not seen in training) is that of a unit with the average
+effect: ``ŷ = intercept + x_linᵀ b + f(x_nn)``, with b on the original scale
+of X and f the network branch's output on y's scale.
+
+With ``effects="entity"`` and no network (``network_features=[]``) this is
+exactly the linear within (fixed-effects) regression, the estimator of
+``linearmodels.PanelOLS(..., entity_effects=True)``.
+
+:class:`bnmat.PanelBNMLPRegressor` wraps :func:`fit_panel` in the scikit-learn
+API; :mod:`bnmat.panel_table` reads the same models from CSV tables for the
+command line.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from . import optim, train
+from ._mlp import Scaling, fit_scaling
+from ._panel_inputs import (
+    check_identified, encode_labels, label_codes, lookup_effects, resolve_columns,
+)
+from .layers import partially_linear, tree_leaves
+from .ops.group_batchnorm_inference import UnseenGroupWarning
+from .panel import demean, recover_effects
+
+__all__ = ["PanelModel", "fit_panel", "within_r2_score", "EFFECTS"]
+
+#: The effects a panel model can profile out.
+EFFECTS = ("entity", "twoway", "none")
+_SOLVERS = ("adam", "sgd", "lbfgs")
+
+
+class PanelModel(NamedTuple):
+    """A fitted panel network (what :func:`fit_panel` returns).
+
+    Attributes
+    ----------
+    net : bnmat.Additive
+        Branches (linear part, network); see :func:`bnmat.layers.partially_linear`.
+    params, state : list
+        Trained parameters and exact full-data batch-norm statistics, on the
+        standardized scale.
+    x_scaling, y_scaling : Scaling
+        Standardization of X (all p columns) and of y.
+    effects : str
+        "entity", "twoway" or "none".
+    feature_names : tuple of str, length p
+    linear_columns, network_columns : tuple of int
+        Positions in X of the linear part's and the network's inputs.
+    entity_labels : ndarray or None, shape (G,)
+        Sorted training units; row k of ``entity_effects`` is unit k's α̂.
+    entity_effects : ndarray or None, shape (G,)
+    time_labels, time_effects : ndarray or None, shape (T,)
+        Two-way models only.
+    offset : float
+        Mean residual ``y − ŷ`` over the training rows, added to the network's
+        (standardized-scale) output; 0 for ``effects="none"``. The intercept on
+        the original scales is the property :attr:`intercept`.
+    group_batchnorm : bool
+        Whether the network normalizes with per-unit statistics.
+    history : dict
+        ``"epoch"``, ``"loss"``, ``"val_loss"`` from the training function.
+    best_epoch : int
+    stopped_early : bool
+    """
+
+    net: Any
+    params: Any
+    state: Any
+    x_scaling: Scaling
+    y_scaling: Scaling
+    effects: str
+    feature_names: tuple
+    linear_columns: tuple
+    network_columns: tuple
+    entity_labels: Any
+    entity_effects: Any
+    time_labels: Any
+    time_effects: Any
+    offset: float
+    group_batchnorm: bool
+    history: dict
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def coef_linear(self) -> dict:
+        """Linear coefficients on the original scales: feature name → b_j.
+
+        ``b_j = s_y β_j / s_j`` with β the coefficients fitted on standardized
+        data and s_y, s_j the standard deviations of y and of column j.
+        """
+        if not self.linear_columns:
+            return {}
+        beta = np.asarray(self.params[0]["coef"], dtype=np.float64)[:, 0]
+        scale_y = float(self.y_scaling.scale[0])
+        return {self.feature_names[j]: float(beta[k] * scale_y / self.x_scaling.scale[j])
+                for k, j in enumerate(self.linear_columns)}
+
+    @property
+    def intercept(self) -> float:
+        """The constant in ``ŷ = intercept + x_linᵀ b + f(x_nn) + α̂_i (+ τ̂_t)``.
+
+        b from :attr:`coef_linear` (original scales), f the network branch's
+        output times y's standard deviation, effects with row-weighted mean
+        zero over the training rows.
+        """
+        value = float(self.y_scaling.mean[0]) + float(self.offset)
+        if self.linear_columns:
+            value -= sum(b * float(self.x_scaling.mean[j])
+                         for b, j in zip(self.coef_linear.values(), self.linear_columns))
+            if "intercept" in self.params[0]:
+                value += float(self.y_scaling.scale[0]) * float(
+                    np.asarray(self.params[0]["intercept"])[0])
+        return value
+
+    @property
+    def effects_dict(self) -> dict:
+        """Unit label → α̂ (empty without unit effects)."""
+        if self.entity_labels is None or self.entity_effects is None:
+            return {}
+        return dict(zip(np.asarray(self.entity_labels).tolist(),
+                        np.asarray(self.entity_effects, dtype=np.float64).tolist()))
+
+    @property
+    def time_effects_dict(self) -> dict:
+        """Period label → τ̂ (empty unless two-way)."""
+        if self.time_labels is None or self.time_effects is None:
+            return {}
+        return dict(zip(np.asarray(self.time_labels).tolist(),
+                        np.asarray(self.time_effects, dtype=np.float64).tolist()))
+
+    def network_output(self, x, entity=None) -> np.ndarray:
+        """The network's output times y's standard deviation (no effects, no y mean).
+
+        Equal to ``x_linᵀ b + f(x_nn) + intercept − y_mean − offset``.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, p), float
+        entity : array_like, shape (N,), optional
+            Units, read only by a network with group-wise batch norm (stored
+            per-unit statistics; unseen units and ``entity=None`` use the
+            pooled ones, unseen units with a warning).
+
+        Returns
+        -------
+        ndarray, shape (N,)
+        """
+        xs = self.x_scaling.apply(np.asarray(x))
+        dtype = _param_dtype(self.params)
+        kw = {}
+        if self.group_batchnorm and entity is not None:
+            codes = label_codes(self.entity_labels, entity, "entity", missing=-1)
+            unseen = np.unique(np.asarray(entity)[codes < 0])
+            if unseen.size:
+                shown = ", ".join(repr(v) for v in unseen[:5].tolist())
+                more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
+                warnings.warn(
+                    f"{int(np.sum(codes < 0))} row(s) of {unseen.size} unit(s) not seen in "
+                    f"training ({shown}{more}) are normalized with the pooled statistics",
+                    UnseenGroupWarning, stacklevel=3)
+            kw["groups"] = codes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnseenGroupWarning)   # reported above, by label
+            z = np.asarray(self.net.predict(self.params, self.state,
+                                            xs.astype(dtype, copy=False), **kw))
+        return (z[:, 0] * self.y_scaling.scale[0]).astype(np.float64)
+
+    def predict(self, x, entity=None, time=None) -> np.ndarray:
+        """``intercept + α̂_i (+ τ̂_t) + x_linᵀ b + f(x_nn)``.
+
+        Rows of units (periods) not seen in training, and every row when
+        ``entity`` (``time``) is None, get no effect: their prediction is that
+        of a unit with the average effect (see the module docstring).
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, p)
+        entity, time : array_like, shape (N,), optional
+
+        Returns
+        -------
+        ndarray, shape (N,), float64
+        """
+        out = self.network_output(x, entity) + self.offset + self.y_scaling.mean[0]
+        if entity is not None and self.entity_effects is not None:
+            out = out + lookup_effects(self.entity_labels, self.entity_effects, entity, "entity")
+        if time is not None and self.time_effects is not None:
+            out = out + lookup_effects(self.time_labels, self.time_effects, time, "time")
+        return out
+
+
+def _param_dtype(params):
+    leaves = tree_leaves(params)
+    return np.asarray(leaves[0]).dtype if leaves else np.float64
+
+
+# ----------------------------------------------------------------- fitting
+def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
+              linear_features=None, network_features=None, feature_names=None,
+              hidden: Sequence[int] = (100,), activation: str = "relu",
+              solver: str = "adam", alpha: float = 1e-4, batch_size: int | None = 200,
+              learning_rate: float = 1e-3, max_iter: int = 200, tol: float = 1e-4,
+              shuffle: bool = True, seed: int = 0, momentum: float = 0.9,
+              nesterov: bool = True, early_stopping: bool = False,
+              validation_fraction: float = 0.1, patience: int = 10, bn_eps: float = 1e-5,
+              bn_ddof: int = 0, bn_decay: float = 0.9, standardize_y: bool = True,
+              group_batchnorm: bool = False, progress: bool = False) -> PanelModel:
+    """Fit ``y = α_i (+ τ_t) + x_linᵀ b + f(x_nn) + e`` by the within estimator.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, p), finite floats
+    y : ndarray, shape (N,), finite floats
+    entity : array_like, shape (N,), optional
+        Unit labels (integers or strings). Required for ``effects="entity"``
+        and ``"twoway"`` and for ``group_batchnorm``.
+    time : array_like, shape (N,), optional
+        Period labels; required for ``effects="twoway"``, otherwise unused.
+    effects : {"entity", "twoway", "none"}, default "entity"
+    linear_features : list of int or str, optional
+        Columns entering linearly (indices, or names from ``feature_names``).
+        Their coefficients must be identified: a column that does not vary
+        within units (under unit effects), or a set of collinear columns, is
+        a ``ValueError``.
+    network_features : list of int or str, optional
+        Columns entering the network f; default: every column not in
+        ``linear_features``. ``[]``: no network (f ≡ 0), the linear model.
+    feature_names : sequence of str, optional
+        Names of the p columns; default ``x0, x1, …``.
+    hidden, activation
+        f's hidden widths and activation (see :func:`bnmat.layers.partially_linear`).
+    solver : {"adam", "sgd", "lbfgs"}, default "adam"
+        "lbfgs": full batch, exact gradients, ``tol`` passed to SciPy.
+    alpha : float, default 1e-4
+        L2 penalty ``α‖W‖²/N`` on f's dense weights (never on b).
+    batch_size : int or None, default 200
+        Rows per mini-batch, made of whole units (see :func:`bnmat.fit`).
+    learning_rate, max_iter, tol, shuffle, momentum, nesterov, patience
+        As in :class:`bnmat.BNMLPRegressor` (``patience`` is its
+        ``n_iter_no_change``).
+    seed : int, default 0
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the units (whole units) and stop on
+        their within loss; otherwise stop when the training loss stalls.
+    validation_fraction : float, default 0.1
+    bn_eps, bn_ddof, bn_decay
+        Batch-norm hyperparameters.
+    standardize_y : bool, default True
+    group_batchnorm : bool, default False
+        Normalize f's hidden layers with per-unit statistics
+        (:class:`bnmat.layers.GroupBatchNorm`). Every unit then needs at least
+        ``max(2, bn_ddof + 1)`` rows.
+    progress : bool, default False
+
+    Returns
+    -------
+    PanelModel
+
+    Raises
+    ------
+    ValueError
+        Missing labels for the chosen effects, unidentified linear
+        coefficients, a unit too small for group-wise batch norm, bad options.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[1] == 0:
+        raise ValueError(f"x must be (N, p) with p >= 1 and y (N,); got {x.shape} and {y.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    n, p = x.shape
+    if effects not in EFFECTS:
+        raise ValueError(f"effects must be one of {EFFECTS}; got {effects!r}")
+    if solver not in _SOLVERS:
+        raise ValueError(f"solver must be one of {_SOLVERS}; got {solver!r}")
+    names = tuple(f"x{j}" for j in range(p)) if feature_names is None else \
+        tuple(str(s) for s in feature_names)
+    if len(names) != p:
+        raise ValueError(f"feature_names has {len(names)} names for {p} columns")
+    if n < 2:
+        raise ValueError(f"n_samples={n}: batch statistics need at least 2 samples")
+
+    # Labels ---------------------------------------------------------------
+    need_entity = effects != "none" or group_batchnorm
+    if need_entity and entity is None:
+        why = "group_batchnorm=True" if effects == "none" else f"effects={effects!r}"
+        raise ValueError(f"{why} needs the unit of every row: pass the entity (groups) labels")
+    if effects == "twoway" and time is None:
+        raise ValueError("effects='twoway' needs the period of every row: pass the time labels")
+    ent_labels = ent_codes = t_labels = t_codes = None
+    if entity is not None and need_entity:
+        ent_labels, ent_codes = encode_labels(entity, n, "entity")
+    if effects == "twoway":
+        t_labels, t_codes = encode_labels(time, n, "time")
+    factors = None
+    if effects == "entity":
+        factors = [ent_codes]
+    elif effects == "twoway":
+        factors = [ent_codes, t_codes]
+    groups = factors if factors is not None else ([ent_codes] if group_batchnorm else None)
+    if group_batchnorm:
+        need = max(2, int(bn_ddof) + 1)
+        counts = np.bincount(ent_codes)
+        if counts.min() < need:
+            small = ent_labels[counts < need]
+            raise ValueError(
+                f"group_batchnorm needs at least {need} rows per unit (bn_ddof={bn_ddof}); "
+                f"{small.shape[0]} unit(s) have fewer, e.g. {small[:5].tolist()}. Drop "
+                "them or set group_batchnorm=False."
+            )
+
+    # Columns --------------------------------------------------------------
+    lin = resolve_columns(linear_features, p, names, "linear_features")
+    if network_features is None:
+        nn = tuple(j for j in range(p) if j not in lin)
+    else:
+        nn = resolve_columns(network_features, p, names, "network_features")
+    if not lin and not nn:
+        raise ValueError("no column enters the model: give linear_features or network_features")
+
+    x_scaling = fit_scaling(x)
+    xs = np.ascontiguousarray(x_scaling.apply(x))
+    target = y.reshape(-1, 1)
+    y_scaling = fit_scaling(target) if standardize_y else Scaling(np.zeros(1), np.ones(1))
+    ys = y_scaling.apply(target).astype(xs.dtype)
+    if lin:
+        check_identified(xs[:, list(lin)].astype(np.float64), factors, [names[j] for j in lin])
+
+    net = partially_linear(lin, nn, hidden, activation,
+                           intercept=(effects == "none" and not nn),
+                           output_bias=(effects == "none"), eps=bn_eps, ddof=bn_ddof,
+                           decay=bn_decay, group_batchnorm=group_batchnorm)
+    rng = np.random.default_rng(seed)
+    seed_init, seed_fit = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
+    params, state = net.init(xs, seed=seed_init)
+    loss = "mse" if effects == "none" else "within_mse"
+    l2 = 2.0 * float(alpha) / n
+    if solver == "lbfgs":
+        result = train.fit_lbfgs(net, params, state, xs, ys, loss=loss, l2=l2,
+                                 max_iter=int(max_iter), tol=float(tol), groups=groups)
+    else:
+        if solver == "adam":
+            optimizer = optim.adam(float(learning_rate))
+        else:
+            optimizer = optim.sgd(float(learning_rate), momentum=float(momentum),
+                                  nesterov=bool(nesterov) and momentum > 0)
+        result = train.fit(
+            net, params, state, xs, ys, loss=loss, optimizer=optimizer,
+            epochs=int(max_iter), batch_size=batch_size, l2=l2,
+            validation_fraction=float(validation_fraction) if early_stopping else 0.0,
+            early_stopping=True, patience=int(patience), tol=float(tol), seed=seed_fit,
+            shuffle=bool(shuffle), progress=bool(progress), groups=groups,
+        )
+
+    model = PanelModel(
+        net=net, params=result.params, state=result.state, x_scaling=x_scaling,
+        y_scaling=y_scaling, effects=effects, feature_names=names, linear_columns=lin,
+        network_columns=nn, entity_labels=ent_labels, entity_effects=None,
+        time_labels=t_labels, time_effects=None, offset=0.0,
+        group_batchnorm=bool(group_batchnorm), history=result.history,
+        best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+    )
+    if effects == "none":
+        return model
+    return _with_effects(model, x, y, ent_codes, t_codes)
+
+
+def _with_effects(model: PanelModel, x, y, ent_codes, t_codes) -> PanelModel:
+    """Recover α̂ (and τ̂) from ``y − ŷ``; their row-weighted mean becomes the offset."""
+    fitted = model.network_output(x, model.entity_labels[ent_codes])
+    residual = y - model.y_scaling.mean[0] - fitted
+    if model.effects == "entity":
+        alpha = recover_effects(residual, ent_codes)
+        alpha = np.array([alpha[k] for k in range(model.entity_labels.shape[0])])
+        tau = None
+    else:
+        alpha, tau = recover_effects(residual, [ent_codes, t_codes])
+        alpha = np.array([alpha[k] for k in range(model.entity_labels.shape[0])])
+        tau = np.array([tau[k] for k in range(model.time_labels.shape[0])])
+        # recover_effects centres τ̂ per connected component; centre it over rows too.
+        shift = float(np.mean(tau[t_codes]))
+        tau, alpha = tau - shift, alpha + shift
+    level = float(np.mean(alpha[ent_codes]))
+    return model._replace(entity_effects=alpha - level, time_effects=tau,
+                          offset=level)
+
+
+def within_r2_score(y_true, y_pred, groups) -> float:
+    """Within R²: ``1 − ‖M(y − ŷ)‖² / ‖M y‖²``, M removing the group means.
+
+    The share of the variation of y *within* groups (units, or units and
+    periods) that ŷ explains; group-constant parts of ŷ (such as unit
+    effects) do not matter. On training data with one factor this is
+    ``linearmodels``' ``rsquared_within``; on held-out rows it scores how well
+    ŷ tracks each unit's changes over the held-out periods.
+
+    Parameters
+    ----------
+    y_true, y_pred : array_like, shape (N,)
+    groups : array_like, shape (N,), or a sequence of such arrays
+        Labels whose means M removes (several factors by alternating projections).
+
+    Returns
+    -------
+    float
+    """
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape}, {y_pred.shape}")
+    my = demean(y_true, groups)[0]
+    mr = demean(y_true - y_pred, groups)[0]
+    denom = float(my @ my)
+    if denom == 0.0:
+        return math.nan
+    return 1.0 - float(mr @ mr) / denom
