@@ -134,8 +134,31 @@ def _fmt_metric(value: float) -> str:
 # --------------------------------------------------------------------- fit
 
 
+#: Options that only a panel model (``--entity``) reads.
+_PANEL_ONLY = (("time", "--time"), ("linear", "--linear"), ("effects", "--effects"),
+               ("holdout", "--holdout"), ("group_batchnorm", "--group-batchnorm"))
+
+
 def run_fit(args) -> int:
-    """``bnmat fit``: train, print metrics, write the model (and the plot)."""
+    """``bnmat fit``: train, print metrics, write the model (and the plot).
+
+    With ``--entity`` the model is a fixed-effects network
+    (:func:`bnmat._cli_panel.run_fit_panel`).
+    """
+    _check_training_options(args)
+    if getattr(args, "entity", None) is not None:
+        from ._cli_panel import run_fit_panel
+
+        return run_fit_panel(args)
+    given = [flag for name, flag in _PANEL_ONLY if getattr(args, name, None)]
+    if given:
+        raise UsageError(f"{given[0]} is an option of panel models: it needs --entity COL "
+                         "(the column of unit labels)")
+    return _run_fit_plain(args)
+
+
+def _check_training_options(args) -> None:
+    """Checks shared by the plain and the panel fit, all made before reading data."""
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1; got {args.epochs}")
     if args.batch_size is not None and args.batch_size < 2:
@@ -155,6 +178,8 @@ def run_fit(args) -> int:
         _check_writable(args.plot, "--plot")
         _check_plotting()
 
+
+def _run_fit_plain(args) -> int:
     table, target, drop, features, label = _load_training_table(args)
     n = len(table.rows)
     if n == 0:
@@ -270,7 +295,7 @@ def _check_plotting() -> None:
         raise UsageError("--plot needs matplotlib (pip install bnmat[plot])")
 
 
-def _plot(history, path, loss: str, task: str) -> None:
+def _plot(history, path, loss: str, task: str, ylabel: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -283,8 +308,10 @@ def _plot(history, path, loss: str, task: str) -> None:
     if val and len(val) == len(epochs):
         ax.plot(epochs, val, label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy" if loss == "softmax_cross_entropy"
+    if ylabel is None:
+        ylabel = ("cross-entropy" if loss == "softmax_cross_entropy"
                   else "mean squared error (standardized target)")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"bnmat fit: loss curves ({task})")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -304,6 +331,10 @@ def run_predict(args) -> int:
 
     saved = bnio.load(args.model)
     meta = saved.metadata or {}
+    if "panel" in meta:
+        from ._cli_panel import run_predict_panel
+
+        return run_predict_panel(args, meta)
     if meta.get("bnmat_cli") != CLI_FORMAT:
         raise UsageError(
             f"{args.model}: this model was not written by bnmat fit (it lacks the feature "
@@ -330,14 +361,19 @@ def run_predict(args) -> int:
         y_scaling = Scaling(np.asarray(meta["y_mean"]), np.asarray(meta["y_scale"]))
         labels = [repr(float(v)) for v in y_scaling.invert(out)[:, 0]]
 
+    write_predictions(target, labels, args.output)
+    return 0
+
+
+def write_predictions(name: str, values, output) -> None:
+    """One CSV column ``name`` to the file ``output``, or to standard output."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([target])
-    writer.writerows([v] for v in labels)
-    if args.output:
-        Path(args.output).write_text(buffer.getvalue(), encoding="utf-8")
-        print(f"{len(labels)} predictions written to {Path(args.output).resolve()}",
+    writer.writerow([name])
+    writer.writerows([v] for v in values)
+    if output:
+        Path(output).write_text(buffer.getvalue(), encoding="utf-8")
+        print(f"{len(values)} predictions written to {Path(output).resolve()}",
               file=sys.stderr)
     else:
         sys.stdout.write(buffer.getvalue())
-    return 0

@@ -1,6 +1,8 @@
 """The ``bnmat`` command line: ``fit``, ``predict``, ``gradcheck`` and ``demo``.
 
 Run ``bnmat <command> --help`` for the options; ``docs/cli.md`` has examples.
+``bnmat fit --entity COL [--time COL] [--linear COL ...]`` fits a fixed-effects
+network to panel data (:mod:`bnmat._cli_panel`).
 Bad input (a missing file, an unparsable number, a missing or extra column,
 NaN, too few rows) ends with one line ``bnmat: error: ...`` on stderr and exit
 status 2, never a traceback. Set ``BNMAT_TRACEBACK=1`` to see the traceback of
@@ -13,6 +15,7 @@ import argparse
 import os
 import sys
 import warnings
+
 __all__ = ["main", "build_parser"]
 
 #: Default file that ``bnmat fit`` writes the model to (in the working directory).
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train Dense→BatchNorm→activation blocks on a CSV file with a header "
                     "row. Without DATA, trains on the bundled Vella–Verbeek (1998) wage "
                     "panel (4,360 rows, target lwage). Inputs are standardized; a random "
-                    "validation split is held out.")
+                    "validation split is held out. With --entity COL, a fixed-effects "
+                    "(optionally partially linear) network for panel data.")
     fit.add_argument("data", nargs="?", metavar="DATA.csv",
                      help="CSV file with a header row (.csv.gz works too); default: the "
                           "bundled wage panel")
@@ -82,6 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--plot", metavar="PATH",
                      help="write a PNG of the training and validation loss curves")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    panel = fit.add_argument_group(
+        "panel data (fixed effects)",
+        "With --entity, fit y = α_i (+ τ_t) + x_linᵀb + f(x_nn) by the within estimator: "
+        "the unit (and period) effects are profiled out of the loss, recovered after "
+        "training, and the metric is the within R². See docs/panel.md.")
+    panel.add_argument("--entity", metavar="COL",
+                       help="column of unit labels (integers or text); not a feature")
+    panel.add_argument("--time", metavar="COL",
+                       help="column of period labels; not a feature. Makes the effects two-way "
+                            "and the validation rows the last periods, by default")
+    panel.add_argument("--linear", nargs="+", default=[], metavar="COL",
+                       help="feature columns that enter linearly; their coefficients are "
+                            "printed by name (the other features enter the network)")
+    panel.add_argument("--effects", choices=["entity", "twoway"], default=None,
+                       help="entity (unit effects) or twoway (unit and period effects, needs "
+                            "--time); default twoway with --time, else entity")
+    panel.add_argument("--holdout", choices=["periods", "units"], default=None,
+                       help="validation rows: the last periods (needs --time; the default "
+                            "with it) or whole units (the default without --time)")
+    panel.add_argument("--group-batchnorm", action="store_true",
+                       help="normalize the network's hidden layers with per-unit statistics "
+                            "(every training unit needs at least 2 rows)")
 
     pred = sub.add_parser(
         "predict", help="predict new rows with a model written by bnmat fit",
