@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-iter", type=int, default=300)
     args = parser.parse_args(argv)
 
-    from bnmat.panel_estimator import PanelBNMLPRegressor
     from bnmat.datasets import load_wage_panel
+    from bnmat.panel_estimator import PanelBNMLPRegressor
     from bnmat.panel_model import within_r2_score
 
     df = load_wage_panel(as_frame=True).frame
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         return est
 
     lin = bnmat_row("bnmat, linear (f = 0)", [0], LINEAR, linear_features=LINEAR,
-                    network_features=[], solver="lbfgs", alpha=0.0, tol=1e-12, max_iter=1000)
+                    network_features=[])
     b_bnmat = np.array([lin.coef_linear_[c] for c in LINEAR])
 
     net = dict(hidden_layer_sizes=(32,), activation="tanh", solver="lbfgs",

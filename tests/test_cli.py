@@ -260,11 +260,13 @@ def test_panel_fit_without_network_is_the_within_regression(tmp_path, capsys):
     unit, period, x, y = _panel(np.random.default_rng(3))
     path = _panel_csv(tmp_path / "p.csv", unit, period, x, y)
     model = tmp_path / "fe.npz"
+    # default solver options: without a network the fit is solved, not iterated
     assert main(["fit", path, "--target", "y", "--entity", "firm", "--linear", "a", "b", "c",
-                 "--drop", "year", "--solver", "lbfgs", "--alpha", "0", "--epochs", "500",
-                 "--validation-fraction", "0", "--output", str(model), "--no-progress"]) == 0
+                 "--drop", "year", "--validation-fraction", "0", "--output", str(model),
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "no network (every feature is linear)" in out and "no validation rows" in out
+    assert "least-squares solution: within R²" in out
     # Oracle: least squares on the unit-demeaned data, in closed form.
     xd, yd = _demean(x, unit), _demean(y, unit)
     b = np.linalg.lstsq(xd, yd, rcond=None)[0]
@@ -368,6 +370,26 @@ def test_panel_group_batchnorm_fits_and_integer_labels(tmp_path, capsys):
     assert "2 unit(s) not seen in training" in captured.err   # the held-out ones
 
 
+def test_panel_predict_with_text_labels_for_an_integer_model(tmp_path, capsys):
+    """Labels of the other kind are new units (or, as decimal text, the same units)."""
+    unit, period, x, y = _panel(np.random.default_rng(8), n_units=8,
+                                labels=[11 * k + 5 for k in range(8)])
+    path = _panel_csv(tmp_path / "p.csv", unit, period, x, y)
+    model = str(tmp_path / "int.npz")
+    assert main(["fit", path, "--target", "y", "--entity", "firm", "--drop", "year",
+                 "--linear", "a", "b", "c", "--validation-fraction", "0", "--output", model,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    new = _write_csv(tmp_path / "new.csv", ["firm", "a", "b", "c"],
+                     [["16", "0.3", "-0.2", "0.5"], ["firm-x", "0.3", "-0.2", "0.5"]])
+    assert main(["predict", model, new]) == 0
+    captured = capsys.readouterr()
+    seen, unseen = (float(v) for v in captured.out.split()[1:])
+    from bnmat.panel_table import load_panel_model
+    assert abs(seen - unseen - load_panel_model(model).effects_dict[16]) < 1e-9
+    assert "1 of 2 row(s) are of 1 unit(s) not seen in training (firm-x)" in captured.err
+
+
 PANEL = ["--target", "y", "--entity", "firm"]
 
 
@@ -386,14 +408,18 @@ PANEL = ["--target", "y", "--entity", "firm"]
     (PANEL + ["--classify"], "--classify cannot be used with --entity"),
     (["--target", "y", "--linear", "a"], "--linear is an option of panel models"),
     (["--target", "y", "--time", "year"], "--time is an option of panel models"),
-    (PANEL + ["--linear", "s"], "['s'] are absorbed by the fixed effects"),
+    (PANEL + ["--linear", "s"], "['s'] are absorbed by the fixed effects (they are constant "
+     "within units)"),
+    # e = a unit level plus the year: it varies within units but two-way effects absorb it
+    (PANEL + ["--time", "year", "--linear", "e"], "['e'] are absorbed by the fixed effects "
+     "(each is constant within units, or a unit level plus a period trend"),
     (PANEL + ["--time", "year", "--validation-fraction", "0.6"],
      "holding out the last 2 leaves fewer than 2 for training"),
 ])
 def test_panel_bad_options_are_one_line_and_status_2(tmp_path, capsys, args, message):
-    path = _write_csv(tmp_path / "p.csv", ["firm", "year", "a", "s", "y"],
+    path = _write_csv(tmp_path / "p.csv", ["firm", "year", "a", "s", "e", "y"],
                       [[f"f{i // 3}", str(2000 + i % 3), str(i * 0.37 % 1), str(i // 3),
-                        str(i % 5)] for i in range(12)])
+                        str(2 * (i // 3) + i % 3), str(i % 5)] for i in range(12)])
     assert main(["fit", path, *args, "--epochs", "1", "--no-progress",
                  "--output", str(tmp_path / "m.npz")]) == 2
     assert message in _error_line(capsys)

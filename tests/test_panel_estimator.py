@@ -15,10 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bnmat.train
+from bnmat._panel_inputs import label_codes
 from bnmat.datasets import read_table
 from bnmat.ops import UnseenGroupWarning
 from bnmat.panel_estimator import PanelBNMLPRegressor
-from bnmat.panel_model import within_r2_score
+from bnmat.panel_model import (
+    AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
+    fit_panel, within_r2_score,
+)
 from bnmat.panel_table import (
     fit_panel_from_table, load_panel_model, predict_panel_table, save_panel_model,
 )
@@ -48,10 +53,76 @@ def simulated_panel(rng, n_units=40, max_t=6, balanced=False):
     return x, units, periods, alpha
 
 
-LINEAR_ONLY = dict(network_features=[], solver="lbfgs", alpha=0.0, tol=1e-14, max_iter=2000)
+LINEAR_ONLY = dict(network_features=[])      # no network: solved directly, any solver
+
+
+def period_dummies(periods):
+    """Indicators of every period but the first (the oracle's two-way design)."""
+    return (periods[:, None] == np.unique(periods)[None, 1:]).astype(float)
 
 
 # --------------------------------------------------------------------------- exactness
+def test_default_fit_panel_without_network_is_closed_form_within_ols(rng):
+    """Default arguments (solver adam, default tol): exact, not iterated to a tolerance."""
+    x, units, periods, alpha = simulated_panel(rng)
+    tau = rng.normal(size=periods.max() + 1)
+    y = 1.5 * x[:, 0] - 0.7 * x[:, 1] + 0.3 * x[:, 2] + alpha[units - 100] + tau[periods] \
+        + 0.1 * rng.normal(size=units.size)
+    xl = x[:, :3]
+    # one-way: least squares on unit-demeaned data
+    model = fit_panel(xl, y, units, linear_features=[0, 1, 2], network_features=[])
+    got = np.array([model.coef_linear[f"x{j}"] for j in range(3)])
+    np.testing.assert_allclose(got, within_ols(xl, y, units), rtol=1e-8)
+    # two-way: least squares on unit-demeaned data with period dummies
+    model = fit_panel(xl, y, units, periods, effects="twoway", linear_features=[0, 1, 2],
+                      network_features=[])
+    got = np.array([model.coef_linear[f"x{j}"] for j in range(3)])
+    b = within_ols(np.hstack([xl, period_dummies(periods)]), y, units)[:3]
+    np.testing.assert_allclose(got, b, rtol=1e-8)
+    # no effects: ordinary least squares with an intercept
+    model = fit_panel(xl, y, effects="none", linear_features=[0, 1, 2], network_features=[])
+    b = np.linalg.lstsq(np.column_stack([np.ones(units.size), xl]), y, rcond=None)[0]
+    np.testing.assert_allclose([model.intercept, *model.coef_linear.values()], b, rtol=1e-8)
+    assert len(model.history["loss"]) == 1
+
+
+def test_estimator_without_network_is_exact_for_every_solver(rng):
+    x, units, _, alpha = simulated_panel(rng, n_units=25)
+    y = 2.0 * x[:, 0] - x[:, 1] + alpha[units - 100] + 0.1 * rng.normal(size=units.size)
+    b = within_ols(x[:, :2], y, units)
+    for solver in ("adam", "sgd", "lbfgs"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")          # no ConvergenceWarning at max_iter=1
+            est = PanelBNMLPRegressor(linear_features=[0, 1], network_features=[],
+                                      solver=solver, max_iter=1).fit(x[:, :2], y, groups=units)
+        np.testing.assert_allclose([est.coef_linear_["x0"], est.coef_linear_["x1"]], b,
+                                   rtol=1e-8, err_msg=solver)
+
+
+def test_default_tolerance_depends_on_the_solver(rng, monkeypatch):
+    """tol=None: fit_lbfgs gets its own default 1e-7, adam and sgd scikit-learn's 1e-4."""
+    seen = {}
+    fit_lbfgs, fit = bnmat.train.fit_lbfgs, bnmat.train.fit
+
+    def spy(real, name):
+        def wrapped(*args, **kwargs):
+            seen[name] = kwargs["tol"]
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(bnmat.train, "fit_lbfgs", spy(fit_lbfgs, "lbfgs"))
+    monkeypatch.setattr(bnmat.train, "fit", spy(fit, "adam"))
+    x, units, _, _ = simulated_panel(rng, n_units=10)
+    y = x[:, 0] + np.sin(x[:, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # ConvergenceWarning at max_iter
+        for solver in ("lbfgs", "adam"):
+            PanelBNMLPRegressor((4,), solver=solver, max_iter=2).fit(x, y, groups=units)
+    assert seen == {"lbfgs": 1e-7, "adam": 1e-4}
+    PanelBNMLPRegressor((4,), solver="lbfgs", max_iter=2, tol=1e-3).fit(x, y, groups=units)
+    assert seen["lbfgs"] == 1e-3
+
+
 def test_linear_part_with_f_zero_is_within_ols(rng):
     x, units, _, alpha = simulated_panel(rng)
     y = 1.5 * x[:, 0] - 0.7 * x[:, 1] + 0.3 * x[:, 2] + alpha[units - 100] \
@@ -60,17 +131,17 @@ def test_linear_part_with_f_zero_is_within_ols(rng):
         x[:, :3], y, groups=units)
     b = within_ols(x[:, :3], y, units)
     got = np.array([est.coef_linear_[f"x{j}"] for j in range(3)])
-    np.testing.assert_allclose(got, b, rtol=1e-6)
+    np.testing.assert_allclose(got, b, rtol=1e-8)
     # effects: α̂_i = ȳ_i − x̄_iᵀ b, then centred over rows (the level is intercept_)
     a_hat = np.array([y[units == u].mean() - x[units == u, :3].mean(axis=0) @ b
                       for u in np.unique(units)])
     level = np.mean(a_hat[np.searchsorted(np.unique(units), units)])
     got_a = np.array([est.effects_[int(u)] for u in np.unique(units)])
-    np.testing.assert_allclose(got_a, a_hat - level, atol=1e-6)
-    assert est.intercept_ == pytest.approx(level, abs=1e-6)
+    np.testing.assert_allclose(got_a, a_hat - level, atol=1e-9)
+    assert est.intercept_ == pytest.approx(level, abs=1e-9)
     np.testing.assert_allclose(est.predict(x[:, :3], groups=units),
                                x[:, :3] @ b + a_hat[np.searchsorted(np.unique(units), units)],
-                               atol=1e-6)
+                               atol=1e-9)
 
 
 def test_two_way_f_zero_is_ols_with_period_dummies(rng):
@@ -80,9 +151,8 @@ def test_two_way_f_zero_is_ols_with_period_dummies(rng):
         + 0.1 * rng.normal(size=units.size)
     est = PanelBNMLPRegressor(effects="twoway", linear_features=[0, 1], **LINEAR_ONLY)
     est.fit(x[:, :2], y, groups=units, time=periods)
-    dummies = (periods[:, None] == np.arange(2001, 2006)[None, :]).astype(float)
-    b = within_ols(np.hstack([x[:, :2], dummies]), y, units)[:2]
-    np.testing.assert_allclose([est.coef_linear_["x0"], est.coef_linear_["x1"]], b, rtol=1e-6)
+    b = within_ols(np.hstack([x[:, :2], period_dummies(periods)]), y, units)[:2]
+    np.testing.assert_allclose([est.coef_linear_["x0"], est.coef_linear_["x1"]], b, rtol=1e-8)
     # row-weighted means of both sets of effects are zero
     t_hat = np.array([est.time_effects_[int(t)] for t in periods])
     assert abs(t_hat.mean()) < 1e-9
@@ -103,7 +173,7 @@ def test_f_zero_reproduces_panelols_on_simulated_and_wage_panel(rng):
     est = PanelBNMLPRegressor(linear_features=["a", "b"], **LINEAR_ONLY)
     est.fit(frame[["a", "b"]].reset_index(drop=True), y, groups=units)
     np.testing.assert_allclose([est.coef_linear_["a"], est.coef_linear_["b"]],
-                               ref.params[["a", "b"]].to_numpy(), rtol=1e-6)
+                               ref.params[["a", "b"]].to_numpy(), rtol=1e-8)
 
     df = load_wage_panel(as_frame=True).frame
     cols = ["exper", "expersq", "union", "married", "hours"]
@@ -112,10 +182,10 @@ def test_f_zero_reproduces_panelols_on_simulated_and_wage_panel(rng):
     est = PanelBNMLPRegressor(linear_features=cols, **LINEAR_ONLY)
     est.fit(df[cols], df["lwage"], groups=df["nr"])
     np.testing.assert_allclose([est.coef_linear_[c] for c in cols],
-                               ref.params[cols].to_numpy(), rtol=1e-6)
+                               ref.params[cols].to_numpy(), rtol=1e-8)
     np.testing.assert_allclose([est.coef_linear_[c] for c in cols],
                                within_ols(df[cols].to_numpy(), df["lwage"].to_numpy(),
-                                          df["nr"].to_numpy()), rtol=1e-6)
+                                          df["nr"].to_numpy()), rtol=1e-8)
     fitted = est.predict(df[cols], groups=df["nr"])
     assert within_r2_score(df["lwage"], fitted, df["nr"]) == pytest.approx(
         ref.rsquared_within, rel=1e-8)
@@ -177,7 +247,89 @@ def test_new_units_get_no_effect_without_group_batchnorm(rng):
     np.testing.assert_allclose(est.predict(x[:1, :1], groups=units[:1]), base[:1] + effect)
 
 
+def test_label_codes_with_labels_of_the_other_kind():
+    ints, text = np.array([3, 7, 12]), np.array(["07", "a", "b"])
+    # integer and text: the integer literals are matched, any other text is new
+    np.testing.assert_array_equal(
+        label_codes(ints, np.array(["7", "zz", "12", "+3", " 3", "3.0"]), "u", missing=-1),
+        [1, -1, 2, 0, -1, -1])
+    # a mixed list is text to NumPy (as it is in training): 7 is still unit 7
+    np.testing.assert_array_equal(label_codes(ints, ["zz", 7], "u", missing=-1), [-1, 1])
+    # text and integer: compared as decimal text ("07" is not 7)
+    np.testing.assert_array_equal(label_codes(text, np.array([7, 1]), "u", missing=-9),
+                                  [-9, -9])
+    np.testing.assert_array_equal(label_codes(np.array(["1", "a"]), np.array([1, 2]), "u",
+                                              missing=-1), [0, -1])
+    np.testing.assert_array_equal(label_codes(ints, np.array([b"7"]), "u", missing=-1), [1])
+
+
+def test_predict_with_labels_of_the_other_kind_gives_new_units_no_effect(rng):
+    """A model fitted on integer units, given text labels (and the reverse): no error."""
+    x, units, periods, alpha = simulated_panel(rng, n_units=12)
+    y = x[:, 0] + alpha[units - 100] + 0.1 * rng.normal(size=units.size)
+    model = fit_panel(x[:, :1], y, units, periods, effects="twoway", linear_features=[0],
+                      network_features=[])
+    rows = x[:3, :1]
+    base = model.predict(rows)                                     # no effects at all
+    got = model.predict(rows, np.array(["zz", str(units[0]), "a"]),
+                        np.array(["late", str(periods[0]), "x"]))
+    a0 = model.effects_dict[int(units[0])]
+    t0 = model.time_effects_dict[int(periods[0])]
+    np.testing.assert_allclose(got, base + [0.0, a0 + t0, 0.0], atol=1e-12)
+
+    text = fit_panel(x[:, :1], y, np.array([f"u{u}" for u in units]), linear_features=[0],
+                     network_features=[])
+    np.testing.assert_allclose(text.predict(rows, np.array([100, 101, 102])),
+                               text.predict(rows), atol=1e-12)
+
+
+def test_group_batchnorm_with_labels_of_the_other_kind_uses_pooled_statistics(rng):
+    x, units, _, alpha = simulated_panel(rng, n_units=10, max_t=4, balanced=True)
+    y = x[:, 0] + np.tanh(x[:, 1]) + alpha[units - 100]
+    model = fit_panel(x, y, units, hidden=(4,), group_batchnorm=True, solver="lbfgs",
+                      max_iter=5)
+    with pytest.warns(UnseenGroupWarning, match=r"'zz'"):
+        got = model.predict(x[:2], np.array(["zz", str(units[1])]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(got[0], model.predict(x[:1])[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], model.predict(x[1:2], units[1:2])[0], rtol=1e-12)
+
+
 # --------------------------------------------------------------------------- errors
+def test_specification_errors_carry_the_columns_and_name_no_argument(rng):
+    x, units, periods, _ = simulated_panel(rng, n_units=12, max_t=5)
+    y = x[:, 0] + rng.normal(size=units.size)
+    # experience: a unit level plus a common trend. It varies within units, so unit
+    # effects leave it identified; unit and period effects absorb it.
+    exper = rng.integers(0, 10, size=200)[units - 100] + (periods - 2000).astype(float)
+    xe = np.column_stack([x[:, 0], exper])
+    names = ["z", "exper"]
+    fit_panel(xe, y, units, linear_features=["exper"], feature_names=names,
+              network_features=[])
+    with pytest.raises(AbsorbedFeaturesError) as info:
+        fit_panel(xe, y, units, periods, effects="twoway", linear_features=["z", "exper"],
+                  feature_names=names, network_features=[])
+    err = info.value
+    assert isinstance(err, NotIdentifiedError) and isinstance(err, ValueError)
+    assert err.columns == ("exper",) and err.effects == "twoway"
+    assert "a unit level plus a period trend common to all units" in str(err)
+    with pytest.raises(AbsorbedFeaturesError, match=r"constant within units\)") as info:
+        fit_panel(np.column_stack([x[:, 0], units % 3]), y, units, linear_features=[0, 1])
+    assert info.value.columns == ("x1",) and info.value.effects == "entity"
+    with pytest.raises(CollinearFeaturesError) as info:
+        fit_panel(np.column_stack([x[:, 0], 2 * x[:, 0] + units % 3]), y, units,
+                  linear_features=[0, 1])
+    assert info.value.columns == ("x0", "x1") and info.value.condition_number > 1e8
+    single = units.copy()
+    single[0] = 999
+    with pytest.raises(SmallGroupsError) as info:
+        fit_panel(x, y, single, group_batchnorm=True, bn_ddof=1)
+    assert info.value.units.tolist() == [999] and info.value.need == 2
+    for e in (err, info.value):
+        assert not any(word in str(e) for word in ("linear_features", "group_batchnorm"))
+
+
 def test_errors_name_the_problem(rng):
     x, units, periods, _ = simulated_panel(rng, n_units=10)
     y = x[:, 0]

@@ -38,6 +38,8 @@ _LAZY = {
     "PanelBNMLPRegressor": "panel_estimator",
     # panel models
     "fit_panel": "panel_model", "within_r2_score": "panel_model",
+    "NotIdentifiedError": "panel_model", "AbsorbedFeaturesError": "panel_model",
+    "CollinearFeaturesError": "panel_model", "SmallGroupsError": "panel_model",
     # checking
     "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
     "GradCheckReport": "gradcheck", "assert_vjp": "gradcheck",

@@ -4,10 +4,9 @@ The model, for unit i in period t, is ::
 
     y_it = α_i (+ τ_t) + x_lin,itᵀ b + f(x_nn,it) + e_it
 
-fitted by :func:`bnmat.panel_table.fit_panel_from_table` (the within
-estimator of :mod:`bnmat.panel_model`) and written by
-:func:`bnmat.panel_table.save_panel_model`. The command line adds what a
-script would do around them:
+fitted by :func:`bnmat.panel_model.fit_panel` (the within estimator) on the
+columns of the CSV file, and written by :func:`bnmat.panel_table.save_panel_model`.
+The command line adds what a script would do around them:
 
 * a validation split made for panel data: the **last periods** of every unit
   when ``--time`` is given (``--holdout periods``), otherwise **whole units**
@@ -32,64 +31,39 @@ from pathlib import Path
 
 import numpy as np
 
+from ._panel_inputs import label_codes
 from .cli import UsageError
 from .datasets import MISSING
 from .ops.group_batchnorm_inference import UnseenGroupWarning
-from .panel_model import within_r2_score
-from .panel_table import fit_panel_from_table, load_panel_model, save_panel_model
+from .panel_model import SmallGroupsError, fit_panel, within_r2_score
+from .panel_table import load_panel_model, save_panel_model
 
 __all__ = ["run_fit_panel", "run_predict_panel"]
 
 #: Version of the command line's panel entries in a model file's metadata.
 PANEL_CLI_FORMAT = 1
 
-#: Python names in messages of :mod:`bnmat.panel_model`, and their options here.
-_OPTION_NAMES = (("linear_features", "--linear"),
-                 ("or set group_batchnorm=False", "or leave out --group-batchnorm"),
-                 ("group_batchnorm", "--group-batchnorm"))
-
 
 # ------------------------------------------------------------------ labels
 
 
-def _label_cells(table, name: str, role: str) -> list:
-    """The stripped cells of a label column; a missing cell is an error naming its line."""
+def _labels(table, name: str, role: str) -> np.ndarray:
+    """A label column: integers when every cell is one, else the stripped text.
+
+    A missing cell is an error naming its line. A model fitted on integer
+    labels still finds them in a column that also has text (and the reverse):
+    :meth:`bnmat.panel_model.PanelModel.predict` matches an integer and its
+    decimal text.
+    """
     cells = [c.strip() for c in table.column(name)]
     for i in range(len(cells)):
         if cells[i].lower() in MISSING:
             raise UsageError(f"{table.source}, line {i + 2}: the {role} column {name!r} has "
                              f"a missing value ({cells[i]!r}); every row needs a label")
-    return cells
-
-
-def _as_int(cell: str):
     try:
-        return int(cell)
-    except ValueError:
-        return None
-
-
-def _parse_labels(cells) -> np.ndarray:
-    """Integers when every cell is one, else the strings (as the table reader does)."""
-    ints = [_as_int(c) for c in cells]
-    if all(v is not None for v in ints):
-        return np.array(ints, dtype=np.int64)
-    return np.array(cells, dtype=str)
-
-
-def _model_labels(cells, known) -> np.ndarray:
-    """Cells as labels of the dtype the model was fitted with.
-
-    A model fitted on integer labels cannot know a unit whose label is text:
-    such a cell becomes an integer outside ``known``, so that the row is read
-    as a new unit instead of failing on a mixed dtype.
-    """
-    known = np.asarray(known)
-    if known.dtype.kind not in "biu":
+        return np.array([int(c) for c in cells], dtype=np.int64)
+    except (ValueError, OverflowError):
         return np.array(cells, dtype=str)
-    absent = int(known.min()) - 1 if known.size else -1
-    ints = [_as_int(c) for c in cells]
-    return np.array([absent if v is None else v for v in ints], dtype=np.int64)
 
 
 def _codes(labels) -> np.ndarray:
@@ -185,18 +159,14 @@ def _learning_rate(args) -> float:
     return args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
 
 
-def _fit(args, table, target, entity, time, linear, features, effects):
+def _fit(args, x, y, ent, per, effects, linear, features, entity_name):
+    """fit_panel on the given training rows, with the command line's options."""
     options = {
         "hidden": tuple(args.hidden), "activation": args.activation, "solver": args.solver,
         "alpha": args.alpha, "batch_size": args.batch_size or 200,
         "learning_rate": _learning_rate(args), "max_iter": args.epochs, "seed": args.seed,
         "progress": not args.no_progress, "group_batchnorm": args.group_batchnorm,
     }
-    if args.solver == "lbfgs":
-        # With a network, fit_lbfgs's default (as bnmat fit without --entity). Without
-        # one the objective is the convex least squares of the within regression, whose
-        # exact minimizer (PanelOLS's coefficients) is what the user asks for.
-        options["tol"] = 1e-7 if set(features) - set(linear) else 1e-14
     if args.early_stopping is not None:
         options.update(early_stopping=True, patience=args.early_stopping,
                        validation_fraction=args.validation_fraction)
@@ -205,32 +175,26 @@ def _fit(args, table, target, entity, time, linear, features, effects):
             # early stopping with --group-batchnorm scores its held-out units with the
             # pooled statistics; the documentation says so, once is not news here.
             warnings.simplefilter("ignore", UnseenGroupWarning)
-            return fit_panel_from_table(table, target, entity=entity, time=time,
-                                        linear=linear, features=features, effects=effects,
-                                        **options)
-    except ValueError as exc:
-        text = str(exc)
-        for python, option in _OPTION_NAMES:
-            text = text.replace(python, option)
-        raise UsageError(text) from None
+            return fit_panel(x, y, ent, per, effects=effects, linear_features=linear,
+                             feature_names=features, **options)
+    except SmallGroupsError as exc:
+        raise UsageError(
+            f"--group-batchnorm needs at least {exc.need} training rows per unit; "
+            f"{exc.units.size} unit(s) of --entity {entity_name!r} have fewer, e.g. "
+            f"{exc.units[:5].tolist()}. Drop them, or leave out --group-batchnorm") from None
 
 
-def _predict(model, x, ent_cells, per_cells):
-    """``model.predict`` with the labels cast to the model's; no unseen-unit warning."""
-    ent = None if model.entity_labels is None else _model_labels(ent_cells, model.entity_labels)
-    per = None
-    if per_cells is not None and model.time_labels is not None:
-        per = _model_labels(per_cells, model.time_labels)
+def _predict(model, x, ent, per):
+    """``model.predict`` without the unseen-unit warning (the caller reports new units)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnseenGroupWarning)   # reported by the caller
+        warnings.simplefilter("ignore", UnseenGroupWarning)
         return model.predict(x, ent, per)
 
 
-def _within_r2(model, x, y, ent_cells, per_cells, rows) -> float:
+def _within_r2(model, x, y, ent, per, rows) -> float:
     if rows.size == 0:
         return float("nan")
-    ent = [ent_cells[i] for i in rows]
-    per = None if per_cells is None else [per_cells[i] for i in rows]
+    ent, per = ent[rows], None if per is None else per[rows]
     y_hat = _predict(model, x[rows], ent, per)
     groups = _codes(ent) if model.effects == "entity" else [_codes(ent), _codes(per)]
     return within_r2_score(y[rows], y_hat, groups)
@@ -255,48 +219,40 @@ def run_fit_panel(args) -> int:
     # Parse every cell now, so that an error names its line in the whole file.
     x = table.numeric(features, what="feature column")
     y = table.numeric([target], what="target column")[:, 0]
-    ent_cells = _label_cells(table, entity, "--entity")
-    per_cells = _label_cells(table, time, "--time") if time else None
-    ent = _parse_labels(ent_cells)
-    per = None if per_cells is None else _parse_labels(per_cells)
+    ent = _labels(table, entity, "--entity")
+    per = _labels(table, time, "--time") if time else None
     tr, va, held = _split_panel(holdout, args.validation_fraction, args.seed, ent, per, time)
-    if args.group_batchnorm:
-        units, counts = np.unique(ent[tr], return_counts=True)
-        small = units[counts < 2]
-        if small.size:
-            raise UsageError(
-                f"--group-batchnorm needs at least 2 training rows per unit; {small.size} "
-                f"unit(s) of --entity {entity!r} have 1, e.g. {small[:5].tolist()}. Drop "
-                "them, or leave out --group-batchnorm")
 
     network = [c for c in features if c not in linear]
-    shape = ("no network (every feature is linear): the linear within regression"
-             if not network else
+    shape = ("no network (every feature is linear): the linear within regression, solved "
+             "by least squares" if not network else
              f"network {' → '.join(str(w) for w in [len(network), *args.hidden, 1])} "
              f"({'GroupBatchNorm' if args.group_batchnorm else 'BatchNorm'}, "
-             f"{args.activation})" + (f" + {len(linear)} linear" if linear else ""))
+             f"{args.activation})" + (f" + {len(linear)} linear" if linear else "")
+             + f"; solver {args.solver}")
     kind = ("unit and period effects" if effects == "twoway" else "unit effects")
     print(f"bnmat fit: {label}, target {target!r}, {kind} ({entity!r}"
           f"{f', {time!r}' if effects == 'twoway' else ''}), {len(features)} features")
     rows = f"{va.size} validation rows ({held})" if va.size else "no validation rows"
-    print(f"  {tr.size} training rows ({np.unique(ent[tr]).size} units), {rows}; {shape}; "
-          f"solver {args.solver}")
+    print(f"  {tr.size} training rows ({np.unique(ent[tr]).size} units), {rows}; {shape}")
     sys.stdout.flush()
 
-    sub = table._replace(rows=[table.rows[i] for i in tr])
-    model = _fit(args, sub, target, entity, time, linear, features, effects)
+    model = _fit(args, x[tr], y[tr], ent[tr], None if per is None else per[tr], effects,
+                 linear, features, entity)
 
-    r2_train = _within_r2(model, x, y, ent_cells, per_cells, tr)
-    r2_val = _within_r2(model, x, y, ent_cells, per_cells, va)
-    epochs = len(model.history["loss"])
-    unit = "iterations" if args.solver == "lbfgs" else "epochs"
-    stop = ""
-    if model.stopped_early:   # fit_panel stops on a stalled training loss by default
-        on = ("within loss of the held-out training units" if args.early_stopping
-              else "training loss")
-        stop = f" (stopped: the {on} stalled; best epoch {model.best_epoch} kept)"
+    r2_train = _within_r2(model, x, y, ent, per, tr)
+    r2_val = _within_r2(model, x, y, ent, per, va)
+    if not network:
+        done = "least-squares solution"
+    else:
+        done = (f"after {len(model.history['loss'])} "
+                f"{'iterations' if args.solver == 'lbfgs' else 'epochs'}")
+        if model.stopped_early:   # fit_panel stops on a stalled training loss by default
+            on = ("within loss of the held-out training units" if args.early_stopping
+                  else "training loss")
+            done += f" (stopped: the {on} stalled; best epoch {model.best_epoch} kept)"
     removed = "unit and period means" if effects == "twoway" else "unit means"
-    print(f"after {epochs} {unit}{stop}: within R² ({removed} removed): training "
+    print(f"{done}: within R² ({removed} removed): training "
           f"{_fmt_metric(r2_train)}, validation {_fmt_metric(r2_val)}")
     if va.size and not np.isfinite(r2_val):
         one_period = per is not None and np.unique(per[va]).size == 1
@@ -338,14 +294,13 @@ def run_fit_panel(args) -> int:
 # ------------------------------------------------------------------ predict
 
 
-def _unseen_note(cells, known, what: str) -> str | None:
-    labels = _model_labels(cells, known)
-    unseen = ~np.isin(labels, np.asarray(known))
+def _unseen_note(labels, known, what: str) -> str | None:
+    unseen = label_codes(known, labels, what, missing=-1) < 0
     if not unseen.any():
         return None
-    shown = list(dict.fromkeys(c for c, u in zip(cells, unseen) if u))
-    example = ", ".join(shown[:3]) + (", …" if len(shown) > 3 else "")
-    return (f"{int(unseen.sum())} of {len(cells)} row(s) are of {len(shown)} {what}(s) not "
+    shown = list(dict.fromkeys(labels[unseen].tolist()))
+    example = ", ".join(map(str, shown[:3])) + (", …" if len(shown) > 3 else "")
+    return (f"{int(unseen.sum())} of {len(labels)} row(s) are of {len(shown)} {what}(s) not "
             f"seen in training ({example}): predicted without a {what} effect, as the "
             f"average {what}")
 
@@ -381,15 +336,15 @@ def run_predict_panel(args, meta) -> int:
     if not table.rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
     x = table.numeric(features, what="feature column")
-    ent_cells = _label_cells(table, entity, "entity")
-    per_cells = None
+    ent = _labels(table, entity, "entity")
+    per = None
     if time and time in table.columns and model.time_labels is not None:
-        per_cells = _label_cells(table, time, "time")
-    y_hat = _predict(model, x, ent_cells, per_cells)
+        per = _labels(table, time, "time")
+    y_hat = _predict(model, x, ent, per)
 
-    notes = [_unseen_note(ent_cells, model.entity_labels, "unit")]
-    if per_cells is not None:
-        notes.append(_unseen_note(per_cells, model.time_labels, "period"))
+    notes = [_unseen_note(ent, model.entity_labels, "unit")]
+    if per is not None:
+        notes.append(_unseen_note(per, model.time_labels, "period"))
     for note in filter(None, notes):
         print(f"bnmat: note: {note}", file=sys.stderr)
     if notes[0] and model.group_batchnorm:

@@ -1,10 +1,17 @@
 """Input checks for panel models: unit and period labels, feature columns, identification.
 
 Shared by :mod:`bnmat.panel_model` and :mod:`bnmat.panel_table`; NumPy only.
+
+The errors about the model's specification are :class:`ValueError` subclasses
+that carry what went wrong (the columns, the units) and whose messages name no
+function argument or command-line option, so that every front end (the Python
+API, ``bnmat fit``) can show them as they are or word its own advice from the
+attributes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -12,7 +19,66 @@ import numpy as np
 from .panel import demean
 
 __all__ = ["encode_labels", "label_codes", "lookup_effects", "resolve_columns",
-           "check_identified"]
+           "check_identified", "check_group_sizes", "NotIdentifiedError",
+           "AbsorbedFeaturesError", "CollinearFeaturesError", "SmallGroupsError"]
+
+
+# ----------------------------------------------------------------- errors
+class NotIdentifiedError(ValueError):
+    """The coefficients of some linear features are not identified.
+
+    Attributes
+    ----------
+    columns : tuple of str
+        The linear features concerned.
+    effects : {"entity", "twoway", "none"}
+        The effects removed before the check.
+    """
+
+    def __init__(self, message: str, columns, effects: str):
+        super().__init__(message)
+        self.columns = tuple(columns)
+        self.effects = effects
+
+
+class AbsorbedFeaturesError(NotIdentifiedError):
+    """Linear features that the effects (or the intercept) absorb completely.
+
+    Under unit effects a column constant within units; under unit and period
+    effects also one that is a unit level plus a trend common to all units
+    (experience growing by one a year for everyone). ``columns`` lists them.
+    """
+
+
+class CollinearFeaturesError(NotIdentifiedError):
+    """Linear features that are collinear once the effects are removed.
+
+    Attributes
+    ----------
+    condition_number : float
+        Of the demeaned columns, each scaled to unit norm.
+    """
+
+    def __init__(self, message: str, columns, effects: str, condition_number: float):
+        super().__init__(message, columns, effects)
+        self.condition_number = float(condition_number)
+
+
+class SmallGroupsError(ValueError):
+    """Units with too few rows for group-wise batch norm.
+
+    Attributes
+    ----------
+    units : ndarray
+        Labels of the units with fewer than ``need`` rows.
+    need : int
+        ``max(2, ddof + 1)``.
+    """
+
+    def __init__(self, message: str, units, need: int):
+        super().__init__(message)
+        self.units = np.asarray(units)
+        self.need = int(need)
 
 
 # ----------------------------------------------------------------- labels
@@ -24,9 +90,9 @@ def _label_array(labels, n: int, name: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise TypeError(f"{name} must hold integer or string labels; got non-integer floats")
         arr = arr.astype(np.int64)
-    if arr.dtype.kind == "O":
+    if arr.dtype.kind in "OS":
         arr = arr.astype(str)
-    if arr.dtype.kind not in "biuUS":
+    if arr.dtype.kind not in "biuU":
         raise TypeError(f"{name} must hold integer or string labels; got dtype {arr.dtype}")
     return arr
 
@@ -38,23 +104,85 @@ def encode_labels(labels, n: int, name: str):
     return uniq, codes.reshape(-1).astype(np.int64)
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _as_integers(text: np.ndarray):
+    """Text labels read as integers where they are integer literals: (values, ok)."""
+    values = np.zeros(text.shape[0], dtype=np.int64)
+    ok = np.zeros(text.shape[0], dtype=bool)
+    for i, s in enumerate(text.tolist()):
+        if _INTEGER.fullmatch(s) and -2**63 <= int(s) < 2**63:
+            values[i], ok[i] = int(s), True
+    return values, ok
+
+
 def label_codes(known: np.ndarray, labels, name: str, missing: int) -> np.ndarray:
-    """Positions of ``labels`` in the sorted array ``known``; ``missing`` where absent."""
+    """Positions of ``labels`` in the sorted array ``known``; ``missing`` where absent.
+
+    Labels of the other kind than ``known`` (text against integers, or the
+    reverse) are compared as text: an integer and its decimal text are one
+    label, as they are when NumPy reads a mixed list of training labels, and
+    as they are in a CSV file whose column also has text. Any other label of
+    the other kind is simply not among ``known`` (a new unit), never an error.
+
+    Parameters
+    ----------
+    known : ndarray, shape (G,)
+        Sorted distinct training labels (integers or text).
+    labels : array_like, shape (N,)
+    name : str
+        For error messages.
+    missing : int
+        The code of a label not in ``known``.
+
+    Returns
+    -------
+    ndarray of int64, shape (N,)
+    """
     arr = np.asarray(labels)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D with one label per row; got shape {arr.shape}")
     arr = _label_array(arr, arr.shape[0], name)
-    numeric = {k.dtype.kind in "biu" for k in (arr, known)}
-    if len(numeric) == 2:
-        raise TypeError(f"{name} labels have dtype {arr.dtype}, but the model was fitted with "
-                        f"labels of dtype {known.dtype}")
+    known = np.asarray(known)
+    found = np.ones(arr.shape[0], dtype=bool)
+    if (arr.dtype.kind == "U") != (known.dtype.kind == "U"):
+        if known.dtype.kind == "U":
+            arr = arr.astype(str)
+        else:
+            arr, found = _as_integers(arr)
+    if known.shape[0] == 0:
+        return np.full(arr.shape[0], missing, dtype=np.int64)
     pos = np.minimum(np.searchsorted(known, arr), known.shape[0] - 1)
-    return np.where(known[pos] == arr, pos, missing).astype(np.int64)
+    return np.where(found & (known[pos] == arr), pos, missing).astype(np.int64)
 
 
 def lookup_effects(known, values, labels, name) -> np.ndarray:
+    """``values[k]`` for the rows whose label is ``known[k]``; 0 for labels not in ``known``."""
     codes = label_codes(known, labels, name, missing=-1)
     return np.where(codes >= 0, np.asarray(values)[np.maximum(codes, 0)], 0.0)
+
+
+def check_group_sizes(labels: np.ndarray, codes: np.ndarray, ddof: int) -> None:
+    """Raise :class:`SmallGroupsError` when a unit has fewer than ``max(2, ddof + 1)`` rows.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (G,)
+        The distinct units; ``codes`` index into it.
+    codes : ndarray of int, shape (N,)
+    ddof : int
+        The batch norm's variance convention.
+    """
+    need = max(2, int(ddof) + 1)
+    counts = np.bincount(codes, minlength=labels.shape[0])
+    small = labels[counts < need]
+    if small.size:
+        raise SmallGroupsError(
+            f"group-wise batch norm (ddof={int(ddof)}) needs at least {need} rows per unit; "
+            f"{small.size} unit(s) have fewer, e.g. {small[:5].tolist()}. Drop or merge "
+            "them, or normalize with the statistics of all rows (ordinary batch norm).",
+            small, need)
 
 
 # ----------------------------------------------------------------- columns
@@ -86,12 +214,27 @@ def check_identified(x_lin, factors, names) -> None:
     """Raise when a linear feature is absorbed by the effects or the features are collinear.
 
     ``x_lin`` (N, k) is demeaned by the effects (centered when there are
-    none); a column whose demeaned norm is below 1e-8 of its centered norm
-    (or that is constant) is absorbed, like a time-invariant regressor under
-    unit effects (``linearmodels`` raises ``AbsorbingEffectError`` then); a
-    demeaned matrix with a condition number above 1e8 has collinear columns.
-    Neither has an identified coefficient.
+    none). A column whose demeaned norm is below 1e-8 of its centered norm
+    (or that is constant) is absorbed: under unit effects it is constant
+    within units (a time-invariant regressor; ``linearmodels`` raises
+    ``AbsorbingEffectError`` then), under unit and period effects it may
+    also vary within units but be a unit level plus a common period trend.
+    A demeaned matrix with a condition number above 1e8 has collinear
+    columns. Neither has an identified coefficient.
+
+    Parameters
+    ----------
+    x_lin : ndarray, shape (N, k), float64
+    factors : None, or a list of one or two ndarrays of int, shape (N,)
+        The unit codes (and the period codes).
+    names : sequence of str, length k
+
+    Raises
+    ------
+    AbsorbedFeaturesError, CollinearFeaturesError
+        Both :class:`NotIdentifiedError`, a ``ValueError``.
     """
+    effects = "none" if factors is None else ("entity" if len(factors) == 1 else "twoway")
     centered = x_lin - x_lin.mean(axis=0)
     m = centered if factors is None else demean(x_lin, factors)[0]
     before = np.linalg.norm(centered, axis=0)
@@ -99,16 +242,21 @@ def check_identified(x_lin, factors, names) -> None:
     absorbed = [names[k] for k in range(x_lin.shape[1])
                 if before[k] == 0 or after[k] <= 1e-8 * before[k]]
     if absorbed:
-        by = "the intercept (constant columns)" if factors is None else "the fixed effects"
-        raise ValueError(
-            f"linear feature(s) {absorbed} are absorbed by {by}: they do not vary within "
-            "units (or periods), so their coefficients are not identified. Remove them from "
-            "linear_features (they may still enter the network)."
-        )
+        by = {
+            "none": "the intercept (they are constant)",
+            "entity": "the fixed effects (they are constant within units)",
+            "twoway": "the fixed effects (each is constant within units, or a unit level "
+                      "plus a period trend common to all units)",
+        }[effects]
+        raise AbsorbedFeaturesError(
+            f"linear feature(s) {absorbed} are absorbed by {by}, so their coefficients are "
+            "not identified. Take them out of the linear part (they may still enter the "
+            "network).", absorbed, effects)
     sv = np.linalg.svd(m / after, compute_uv=False)
     if sv[-1] <= 1e-8 * sv[0]:
-        raise ValueError(
-            f"the linear features {list(names)} are collinear after removing the effects "
-            f"(condition number {sv[0] / max(sv[-1], 1e-300):.3g}); their coefficients are "
-            "not identified. Drop one of the collinear columns."
-        )
+        cond = sv[0] / max(sv[-1], 1e-300)
+        after_what = "centering" if factors is None else "removing the effects"
+        raise CollinearFeaturesError(
+            f"the linear features {list(names)} are collinear after {after_what} (condition "
+            f"number {cond:.3g}), so their coefficients are not identified. Take one of the "
+            "collinear columns out of the linear part.", names, effects, cond)

@@ -10,6 +10,7 @@ This module needs scikit-learn (``pip install bnmat[sklearn]``).
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -38,8 +39,10 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
     ``x_nn``. The effects are profiled out: f and b minimize the within loss
     ``‖M(y − x_lin b − f)‖²/N + (α/N) Σ‖Γ‖²`` with M removing unit (and
     period) means, exactly as the linear fixed-effects ("within") regression
-    does, whose estimate this is when f is absent (``network_features=[]``).
-    After training, the effects α̂_i are the unit means of the residuals.
+    does. When f is absent (``network_features=[]``) the estimate *is* that
+    regression, solved directly by least squares (exact; the solver options
+    do not apply). After training, the effects α̂_i are the unit means of the
+    residuals.
 
     Parameters
     ----------
@@ -53,9 +56,12 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
     linear_features : list of int or str, optional
         Columns entering linearly, by index or by name (DataFrame columns).
         Their coefficients are reported in ``coef_linear_`` and are not
-        penalized by ``alpha``. Under unit effects, a column that does not
-        vary within units (a time-invariant regressor) is absorbed and raises
-        ``ValueError``, as in ``linearmodels``; so do collinear columns.
+        penalized by ``alpha``. A column the effects absorb raises
+        :class:`~bnmat.panel_model.AbsorbedFeaturesError` (a ``ValueError``),
+        as in ``linearmodels``: under unit effects a column that does not vary
+        within units (a time-invariant regressor), under two-way effects also
+        a unit level plus a common period trend (years of experience).
+        Collinear columns raise :class:`~bnmat.panel_model.CollinearFeaturesError`.
     network_features : list of int or str, optional
         Columns entering the network; default: all columns not in
         ``linear_features``; ``[]`` gives no network (the linear model).
@@ -73,7 +79,12 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
     batch_size : int or "auto", default "auto"
         At least this many rows per mini-batch, in whole units; "auto" is
         ``min(200, N)``.
-    learning_rate_init, max_iter, shuffle, random_state, tol, verbose, momentum, \
+    tol : float or None, default None
+        adam and sgd: stop when the loss has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs (None: 1e-4, scikit-learn's value). lbfgs:
+        SciPy's ``ftol`` and ``gtol`` (None: 1e-7, the default of
+        :func:`bnmat.train.fit_lbfgs`).
+    learning_rate_init, max_iter, shuffle, random_state, verbose, momentum, \
 nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         As in :class:`bnmat.BNMLPRegressor`.
     early_stopping : bool, default False
@@ -152,7 +163,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         max_iter=200,
         shuffle=True,
         random_state=None,
-        tol=1e-4,
+        tol=None,
         verbose=False,
         momentum=0.9,
         nesterovs_momentum=True,
@@ -210,9 +221,11 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         Raises
         ------
         ValueError
-            Missing labels, unidentified linear coefficients, a unit with too
-            few rows for ``group_batchnorm``, NaN or infinity, fewer than 2
-            samples, invalid hyperparameters, divergence.
+            Missing labels, unidentified linear coefficients
+            (:class:`~bnmat.panel_model.NotIdentifiedError`), a unit with too
+            few rows for ``group_batchnorm``
+            (:class:`~bnmat.panel_model.SmallGroupsError`), NaN or infinity,
+            fewer than 2 samples, invalid hyperparameters, divergence.
         """
         hidden = self._check_params()
         if self.effects not in EFFECTS:
@@ -242,7 +255,8 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             feature_names=names, hidden=hidden, activation=self.activation,
             solver=self.solver, alpha=float(self.alpha), batch_size=batch,
             learning_rate=float(self.learning_rate_init), max_iter=int(self.max_iter),
-            tol=float(self.tol), shuffle=bool(self.shuffle), seed=seed,
+            tol=None if self.tol is None else float(self.tol), shuffle=bool(self.shuffle),
+            seed=seed,
             momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum),
             early_stopping=bool(self.early_stopping),
             validation_fraction=float(self.validation_fraction),
@@ -265,12 +279,22 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else float("nan")
         val = model.history.get("val_loss") or None
         self.validation_loss_ = None if val is None else [float(v) for v in val]
-        if not model.stopped_early and stochastic and self.n_iter_ >= self.max_iter:
+        iterated = stochastic and bool(model.network_columns)   # else solved directly
+        if iterated and not model.stopped_early and self.n_iter_ >= self.max_iter:
+            tol = 1e-4 if self.tol is None else self.tol
             warnings.warn(
                 f"the optimizer reached max_iter={self.max_iter} epochs before the loss "
-                f"stopped improving (tol={self.tol}, n_iter_no_change={self.n_iter_no_change})",
+                f"stopped improving (tol={tol}, n_iter_no_change={self.n_iter_no_change})",
                 ConvergenceWarning, stacklevel=2)
         return self
+
+    def _check_params(self) -> tuple:
+        # tol=None picks the solver's default in fit_panel; the shared checks want a number.
+        if self.tol is None:
+            probe = copy.copy(self)
+            probe.tol = 0.0
+            return super(PanelBNMLPRegressor, probe)._check_params()
+        return super()._check_params()
 
     def predict(self, X, groups=None, time=None):
         """Predict with the stored statistics and the estimated effects.

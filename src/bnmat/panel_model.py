@@ -25,9 +25,11 @@ unit, or period, not seen in training) is that of a unit with the average
 effect: ``ŷ = intercept + x_linᵀ b + f(x_nn)``, with b on the original scale
 of X and f the network branch's output on y's scale.
 
-With ``effects="entity"`` and no network (``network_features=[]``) this is
-exactly the linear within (fixed-effects) regression, the estimator of
-``linearmodels.PanelOLS(..., entity_effects=True)``.
+With no network (``network_features=[]``) the model is the linear within
+(fixed-effects) regression, ``linearmodels.PanelOLS(..., entity_effects=True)``
+for ``effects="entity"``; its least-squares problem is solved directly
+(:func:`numpy.linalg.lstsq` on the demeaned columns) rather than iterated, so
+the coefficients are exact whatever the solver options.
 
 :class:`bnmat.PanelBNMLPRegressor` wraps :func:`fit_panel` in the scikit-learn
 API; :mod:`bnmat.panel_table` reads the same models from CSV tables for the
@@ -45,13 +47,16 @@ import numpy as np
 from . import optim, train
 from ._mlp import Scaling, fit_scaling
 from ._panel_inputs import (
-    check_identified, encode_labels, label_codes, lookup_effects, resolve_columns,
+    AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
+    check_group_sizes, check_identified, encode_labels, label_codes, lookup_effects,
+    resolve_columns,
 )
 from .layers import partially_linear, tree_leaves
 from .ops.group_batchnorm_inference import UnseenGroupWarning
 from .panel import demean, recover_effects
 
-__all__ = ["PanelModel", "fit_panel", "within_r2_score", "EFFECTS"]
+__all__ = ["PanelModel", "fit_panel", "within_r2_score", "EFFECTS", "NotIdentifiedError",
+           "AbsorbedFeaturesError", "CollinearFeaturesError", "SmallGroupsError"]
 
 #: The effects a panel model can profile out.
 EFFECTS = ("entity", "twoway", "none")
@@ -229,7 +234,7 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
               linear_features=None, network_features=None, feature_names=None,
               hidden: Sequence[int] = (100,), activation: str = "relu",
               solver: str = "adam", alpha: float = 1e-4, batch_size: int | None = 200,
-              learning_rate: float = 1e-3, max_iter: int = 200, tol: float = 1e-4,
+              learning_rate: float = 1e-3, max_iter: int = 200, tol: float | None = None,
               shuffle: bool = True, seed: int = 0, momentum: float = 0.9,
               nesterov: bool = True, early_stopping: bool = False,
               validation_fraction: float = 0.1, patience: int = 10, bn_eps: float = 1e-5,
@@ -249,23 +254,29 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     effects : {"entity", "twoway", "none"}, default "entity"
     linear_features : list of int or str, optional
         Columns entering linearly (indices, or names from ``feature_names``).
-        Their coefficients must be identified: a column that does not vary
-        within units (under unit effects), or a set of collinear columns, is
-        a ``ValueError``.
+        Their coefficients must be identified: a column that the effects
+        absorb (see Raises) or a set of collinear columns is an error.
     network_features : list of int or str, optional
         Columns entering the network f; default: every column not in
-        ``linear_features``. ``[]``: no network (f ≡ 0), the linear model.
+        ``linear_features``. ``[]``: no network (f ≡ 0), the linear model,
+        solved directly by least squares (``solver``, ``alpha``,
+        ``batch_size``, ``learning_rate``, ``max_iter``, ``tol`` and early
+        stopping do not apply; ``history`` has one entry).
     feature_names : sequence of str, optional
         Names of the p columns; default ``x0, x1, …``.
     hidden, activation
         f's hidden widths and activation (see :func:`bnmat.layers.partially_linear`).
     solver : {"adam", "sgd", "lbfgs"}, default "adam"
-        "lbfgs": full batch, exact gradients, ``tol`` passed to SciPy.
+        "lbfgs": full batch, exact gradients (:func:`bnmat.train.fit_lbfgs`).
     alpha : float, default 1e-4
         L2 penalty ``α‖W‖²/N`` on f's dense weights (never on b).
     batch_size : int or None, default 200
         Rows per mini-batch, made of whole units (see :func:`bnmat.fit`).
-    learning_rate, max_iter, tol, shuffle, momentum, nesterov, patience
+    tol : float, optional
+        adam and sgd: training stops when the loss has not improved by ``tol``
+        for ``patience`` epochs (default 1e-4). lbfgs: SciPy's ``ftol`` and
+        ``gtol`` (default 1e-7, as :func:`bnmat.train.fit_lbfgs`).
+    learning_rate, max_iter, shuffle, momentum, nesterov, patience
         As in :class:`bnmat.BNMLPRegressor` (``patience`` is its
         ``n_iter_no_change``).
     seed : int, default 0
@@ -288,9 +299,19 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
 
     Raises
     ------
+    AbsorbedFeaturesError
+        Linear features the effects absorb: under unit effects, columns
+        constant within units; under two-way effects also columns that are a
+        unit level plus a period trend common to all units (such as years of
+        experience); without effects, constant columns. ``.columns`` names them.
+    CollinearFeaturesError
+        Linear features collinear after removing the effects (``.columns``).
+    SmallGroupsError
+        With ``group_batchnorm``, units with fewer than ``max(2, bn_ddof + 1)``
+        rows (``.units``).
     ValueError
-        Missing labels for the chosen effects, unidentified linear
-        coefficients, a unit too small for group-wise batch norm, bad options.
+        (The base class of the three above.) Missing labels for the chosen
+        effects, bad shapes or options.
     """
     x = np.asarray(x)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
@@ -329,15 +350,7 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
         factors = [ent_codes, t_codes]
     groups = factors if factors is not None else ([ent_codes] if group_batchnorm else None)
     if group_batchnorm:
-        need = max(2, int(bn_ddof) + 1)
-        counts = np.bincount(ent_codes)
-        if counts.min() < need:
-            small = ent_labels[counts < need]
-            raise ValueError(
-                f"group_batchnorm needs at least {need} rows per unit (bn_ddof={bn_ddof}); "
-                f"{small.shape[0]} unit(s) have fewer, e.g. {small[:5].tolist()}. Drop "
-                "them or set group_batchnorm=False."
-            )
+        check_group_sizes(ent_labels, ent_codes, bn_ddof)
 
     # Columns --------------------------------------------------------------
     lin = resolve_columns(linear_features, p, names, "linear_features")
@@ -365,7 +378,11 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     params, state = net.init(xs, seed=seed_init)
     loss = "mse" if effects == "none" else "within_mse"
     l2 = 2.0 * float(alpha) / n
-    if solver == "lbfgs":
+    if tol is None:
+        tol = 1e-7 if solver == "lbfgs" else 1e-4
+    if not nn:
+        result = _least_squares(params, state, xs[:, list(lin)], ys, factors)
+    elif solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs, ys, loss=loss, l2=l2,
                                  max_iter=int(max_iter), tol=float(tol), groups=groups)
     else:
@@ -393,6 +410,41 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     if effects == "none":
         return model
     return _with_effects(model, x, y, ent_codes, t_codes)
+
+
+def _least_squares(params, state, x_lin, y, factors) -> train.FitResult:
+    """The linear model in closed form: ``b = argmin ‖M(y − X_lin b)‖²``.
+
+    ``b = lstsq(M X_lin, M y)``, M removing the effects (centering when
+    there are none, and then the intercept is ``ȳ − x̄_linᵀ b``), computed in
+    float64 on the standardized scale the network would be trained on. It is
+    the minimizer of the training objective, which for the linear part alone
+    has no penalty. ``history`` reports the within MSE at b as one iteration.
+
+    Parameters
+    ----------
+    params, state : list
+        From ``net.init``; ``params[0]`` is the :class:`~bnmat.layers.Linear`
+        branch.
+    x_lin : ndarray, shape (N, k), standardized
+    y : ndarray, shape (N, 1), standardized
+    factors : None or list of ndarray of int, shape (N,)
+    """
+    x64, y64 = x_lin.astype(np.float64), y.astype(np.float64)
+    if factors is None:
+        mx, my = x64 - x64.mean(axis=0), y64 - y64.mean(axis=0)
+    else:
+        mx, my = demean(x64, factors)[0], demean(y64, factors)[0]
+    coef = np.linalg.lstsq(mx, my, rcond=None)[0]                      # (k, 1)
+    resid = my - mx @ coef
+    linear = dict(params[0])
+    dtype = np.asarray(linear["coef"]).dtype
+    linear["coef"] = coef.astype(dtype)
+    if "intercept" in linear:
+        linear["intercept"] = (y64.mean(axis=0) - x64.mean(axis=0) @ coef).astype(dtype)
+    loss = float(np.sum(resid ** 2)) / y.shape[0]
+    history = {"epoch": [1], "loss": [loss], "val_loss": []}
+    return train.FitResult([linear, *params[1:]], state, history, 1, False)
 
 
 def _with_effects(model: PanelModel, x, y, ent_codes, t_codes) -> PanelModel:

@@ -1,10 +1,13 @@
-"""Panel models from CSV tables, and their model files: what ``bnmat fit --entity`` runs.
+"""Panel models from CSV tables, and their model files: what ``bnmat fit --entity`` writes.
 
+:func:`fit_panel_from_table` fits the model of
 ``bnmat fit DATA.csv --target y --entity COL [--time COL] [--linear COL ...]``
-is :func:`fit_panel_from_table` on the table that
-:func:`bnmat.datasets.read_table` reads, followed by :func:`save_panel_model`;
-``bnmat predict`` on such a model file is :func:`load_panel_model` followed by
-:func:`predict_panel_table`. Neither needs scikit-learn.
+to the columns of a table that :func:`bnmat.datasets.read_table` reads (the
+command line parses the same columns itself, to split off validation rows,
+and calls :func:`bnmat.panel_model.fit_panel` on the training rows);
+:func:`save_panel_model` writes either, and ``bnmat predict`` on such a file
+is :func:`load_panel_model` followed by predictions like those of
+:func:`predict_panel_table`. Nothing here needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def _labels(table, name: str) -> np.ndarray:
                              f"missing value ({c!r})")
     try:
         return np.array([int(c) for c in cells], dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         return np.array(cells, dtype=str)
 
 
