@@ -51,6 +51,10 @@ def relu_forward(x):
     y : array, same shape
     cache : ActivationCache (holds x)
     """
+    from .. import _kernels  # one-pass CPU kernel for NumPy input
+
+    if _kernels.relu_forward_applies(x):
+        return _kernels.relu_forward(x)
     xp, x = _prepare(x)
     return xp.where(x > 0, x, xp.zeros_like(x)), ActivationCache(x)
 
@@ -74,6 +78,10 @@ def relu_backward(dy, cache):
     -------
     dx : array, same shape as x
     """
+    from .. import _kernels  # one-pass CPU kernel for NumPy input
+
+    if _kernels.relu_backward_applies(dy, cache):
+        return _kernels.relu_backward(dy, cache)
     xp = get_namespace(dy, cache.saved)
     dy = _check_dy(dy, cache.saved, xp)
     return xp.where(cache.saved > 0, dy, xp.zeros_like(dy))

@@ -166,6 +166,10 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
         Fewer than 2 rows, or fewer than ``ddof + 1``; non-finite values in a
         column; a zero-variance column with ``eps=0``; non-conforming shapes.
     """
+    from .. import _kernels  # fused CPU kernels for NumPy input
+
+    if _kernels.wants(x, gamma, beta):
+        return _kernels.batchnorm_forward(x, gamma, beta, eps=eps, ddof=ddof)
     eps, ddof = check_eps(eps), check_ddof(ddof)
     xp = get_namespace(x, gamma, beta)
     x = check_2d(as_float(x, "x", xp), "x")
@@ -230,6 +234,10 @@ def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
         ``dx`` of shape (N, p), ``dgamma`` and ``dbeta`` of shape (p,), all in
         x's dtype (sums accumulate in float64 for float32).
     """
+    from .. import _kernels  # fused CPU kernels: a kernel cache, or NumPy input
+
+    if _kernels.batchnorm_backward_applies(dy, cache):
+        return _kernels.batchnorm_backward(dy, cache)
     x_hat, inv_std, gamma, _, _, ddof = cache
     xp = get_namespace(dy, x_hat)
     if tuple(dy.shape) != tuple(x_hat.shape):

@@ -44,6 +44,10 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
     y : array, shape (N, p)
     cache : BatchNormInferenceCache
     """
+    from .. import _kernels  # one-pass CPU kernel for NumPy input
+
+    if _kernels.wants(x, gamma, beta, mean, var):
+        return _kernels.batchnorm_inference_forward(x, gamma, beta, mean, var, eps=eps)
     eps = check_eps(eps)
     xp = get_namespace(x, gamma, beta, mean, var)
     x = check_2d(as_float(x, "x", xp), "x")
@@ -84,6 +88,10 @@ def batchnorm_inference_backward(dy, cache: BatchNormInferenceCache) -> BatchNor
     BatchNormGrads
         ``(dx, dgamma, dbeta)`` of shapes (N, p), (p,), (p,).
     """
+    from .. import _kernels  # the kernel's cache holds x, not X̂
+
+    if isinstance(cache, _kernels.BatchNormInferenceKernelCache):
+        return _kernels.batchnorm_inference_backward(dy, cache)
     x_hat, scale = cache
     xp = get_namespace(dy, x_hat)
     if tuple(dy.shape) != tuple(x_hat.shape):

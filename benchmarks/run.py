@@ -1,0 +1,393 @@
+#!/usr/bin/env python
+"""bnmat against PyTorch (and JAX, when installed) on the CPU, in one interleaved run.
+
+Usage (from the repository root; not collected by pytest)::
+
+    python benchmarks/run.py                    # full run, ~10 min on 2 cores
+    python benchmarks/run.py --quick            # smoke run, ~2 min
+    python benchmarks/run.py --parts bn,mem --out bench-results/today
+    python benchmarks/run.py --render bench-results/today/results.json
+
+Parts (each case in a fresh subprocess, OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE and
+GLIBC_TUNABLES removed from its environment):
+
+  bw    memory bandwidth (copy, add; NumPy 1 thread, torch 1 and 2 threads, a
+        2-thread numba copy) at L2-, L3- and DRAM-sized arrays; the floor of a
+        batch-norm call is 5 N×p arrays at the rate of the level holding them
+  bn    batch norm forward + backward, float32 and float64, at 256×64, 4096×256,
+        65536×256 and 16384×1024: bnmat (kernels; and with out= buffers; and the
+        reference formulas) against torch native kernels (2 threads and 1),
+        torch eager autograd and JAX jit, interleaved; correctness first
+  mlp   one SGD step of 64→256→BN→ReLU→256→BN→ReLU→1 (MSE, float32) at N = 1024
+        and 16384: bnmat (ops + fused kernels; the Sequential/train API) against
+        torch eager (with and without the biases in front of batch norm) and JAX
+  mem   transient peak memory per call (VmHWM after a warm-up, one subprocess
+        per variant and case)
+
+Configurations (``--configs``): ``default`` is everything as installed; ``thp``
+sets ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (torch's allocator then gets
+transparent huge pages, as NumPy's arrays already do); ``passive`` sets
+``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of spinning between
+parallel regions, which matters when OpenBLAS's threads spin too); ``spin1000``
+sets ``GOMP_SPINCOUNT=1000``, what bnmat itself sets up for numba's OpenMP
+runtime when it is the first to load it (in these workers torch loads it first,
+so ``default`` shows bnmat next to torch as installed, and ``spin1000`` both
+under bnmat's setting).
+
+Writes ``results.json`` and ``tables.md`` to ``--out`` (default
+``bench-results/<date-time>``) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+BN_SIZES = [(256, 64), (4096, 256), (65536, 256), (16384, 1024)]
+QUICK_BN = [((256, 64), "float32"), ((4096, 256), "float32"), ((4096, 256), "float64"),
+            ((65536, 256), "float32")]
+DTYPES = ["float32", "float64"]
+MLP_NS = [1024, 16384]
+ITEMSIZE = {"float32": 4, "float64": 8}
+RESULT_TAG = "RESULT "
+MIN_ARRAYS = 5        # read x, write y | read dy, read x, write dx
+TWO_PASS_ARRAYS = 8   # + a statistics sweep over x and a sums sweep over (dy, x)
+
+CONFIG_ENV = {
+    "default": {},
+    "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin1000": {"GOMP_SPINCOUNT": "1000"},
+}
+BN_DEFAULT = ("bnmat,bnmat_out,bnmat_1t,bnmat_ref,torch_native,torch_native_1t,torch_eager,"
+              "jax_fused")
+BN_OTHER_CONFIGS = "bnmat,bnmat_out,torch_native,torch_eager"
+MLP_DEFAULT = "bnmat_ops,bnmat_train,torch_eager,torch_eager_nobias,jax_jit"
+MEM_BN = ["bnmat", "bnmat_out", "bnmat_ref", "torch_native", "torch_eager", "jax_fused"]
+MEM_MLP = ["bnmat_ops", "bnmat_train", "torch_eager", "jax_jit"]
+
+
+def _have(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# ============================================================================ workers
+def worker_bw(args):
+    import harness
+    import numpy as np
+    import torch
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def numba_copy(a, c):
+        for i in prange(a.shape[0]):
+            c[i] = a[i]
+
+    levels = {"L2": 192 * 1024, "L3": 4 * 1024 * 1024, "DRAM": 256 * 1024 * 1024}
+    threads = torch.get_num_threads()
+    pc = time.perf_counter
+    res = {}
+    for level, nbytes in levels.items():
+        a = np.random.default_rng(0).standard_normal(nbytes // 8)
+        b, c = np.ones_like(a), np.empty_like(a)
+        ta, tb, tc = (torch.from_numpy(v) for v in (a, b, c))
+        methods = {  # name: (call, streams, torch threads)
+            "numpy_copy": (lambda: np.copyto(c, a), 2, None),
+            "numpy_add": (lambda: np.add(a, b, out=c), 3, None),
+            "numba2t_copy": (lambda: numba_copy(a, c), 2, None),
+            "torch1t_copy": (lambda: tc.copy_(ta), 2, 1),
+            "torch1t_add": (lambda: torch.add(ta, tb, out=tc), 3, 1),
+            "torch2t_copy": (lambda: tc.copy_(ta), 2, threads),
+            "torch2t_add": (lambda: torch.add(ta, tb, out=tc), 3, threads),
+        }
+        for name, (f, streams, nt) in methods.items():
+            if nt is not None:
+                torch.set_num_threads(nt)
+            for _ in range(3):
+                f()
+            ts, t_end = [], pc() + 0.35 * args.budget_scale
+            while pc() < t_end or len(ts) < 5:
+                t0 = pc()
+                f()
+                ts.append(pc() - t0)
+            torch.set_num_threads(threads)
+            ts.sort()
+            med = ts[len(ts) // 2]
+            res[f"{level}/{name}"] = dict(level=level, method=name, array_bytes=nbytes,
+                                          gbps=streams * nbytes / med / 1e9, n=len(ts))
+    return {"bw": res, "versions": harness.versions()}
+
+
+def worker_bn(args):
+    import bn_variants as B
+    import harness
+    import numpy as np
+
+    n, p, dtype = args.N, args.p, args.dtype
+    x, gamma, beta, dy = B.make_inputs(n, p, dtype)
+    fns, errors, check = {}, {}, {}
+    for name in args.variants.split(","):
+        try:
+            fns[name] = B.VARIANTS[name](x, gamma, beta, dy)
+        except Exception as exc:  # noqa: BLE001 - e.g. JAX not installed
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    # correctness before timing: against float64 formulas and torch eager
+    x64, g64, dy64 = (a.astype(np.float64) for a in (x, gamma, dy))
+    x_hat = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + B.EPS)
+    dbeta = dy64.sum(0)
+    dgamma = (dy64 * x_hat).sum(0)
+    exact = [x_hat * g64 + beta, (dy64 - dbeta / n - x_hat * dgamma / n) * (g64 / np.sqrt(
+        x64.var(0) + B.EPS)), dgamma, dbeta]
+    labels = ("y", "dx", "dgamma", "dbeta")
+    for name, f in list(fns.items()):
+        try:
+            outs = [np.asarray(B.to_numpy(o), dtype=np.float64) for o in harness.call(f)]
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            del fns[name]
+            continue
+        check[name] = {k: float(np.max(np.abs(o - r)) / np.max(np.abs(r)))
+                       for k, o, r in zip(labels, outs, exact)}
+    timing = harness.time_interleaved(fns, args.budget * args.budget_scale,
+                                      seed=(n * 31 + p) & 0xFFFF, gap_s=0.02)
+    return {"case": dict(N=n, p=p, dtype=dtype), "config": args.config, "timing": timing,
+            "check": check, "errors": errors, "versions": harness.versions()}
+
+
+def worker_mlp(args):
+    import harness
+    import mlp_variants as M
+    import numpy as np
+
+    params = M.make_params()
+    X, Y = M.make_data(args.N)
+    names = args.variants.split(",")
+    errors, after = {}, {}
+    for name in names:
+        try:
+            step, get_params = M.VARIANTS[name](params, X, Y)
+            after[name] = (float(step()), get_params())
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    check = {}
+    if "torch_eager" in after:
+        ref_loss, ref = after["torch_eager"]
+        for name, (loss, P) in after.items():
+            check[name] = dict(loss=loss, loss_diff=abs(loss - ref_loss),
+                               param_diff=max(float(np.max(np.abs(P[k] - ref[k]))) for k in ref),
+                               update=max(float(np.max(np.abs(ref[k] - params[k]))) for k in ref))
+    fns = {name: M.VARIANTS[name](params, X, Y)[0] for name in names if name not in errors}
+    # OpenBLAS's threads spin ~0.1 s after a matmul: 0.12 s between blocks
+    timing = harness.time_interleaved(fns, args.budget * args.budget_scale, seed=args.N,
+                                      min_block_s=0.1, gap_s=0.12)
+    return {"case": dict(N=args.N), "config": args.config, "timing": timing, "check": check,
+            "errors": errors, "versions": harness.versions()}
+
+
+def worker_mem(args):
+    import gc
+
+    import harness
+    import numpy as np
+
+    if args.kind == "bn":
+        import bn_variants as B
+
+        inputs = B.make_inputs(args.N, args.p, args.dtype)
+        unit = args.N * args.p * np.dtype(args.dtype).itemsize
+        factory = lambda: B.VARIANTS[args.variant](*inputs)
+    else:
+        import mlp_variants as M
+
+        params = M.make_params()
+        X, Y = M.make_data(args.N)
+        unit = args.N * M.H * 4
+        factory = lambda: M.VARIANTS[args.variant](params, X, Y)[0]
+    gc.collect()
+    rss0 = harness.status_kb("VmRSS")
+    f = factory()
+    for _ in range(2):  # warm-up: JIT compilation, lazy initialisation, buffers
+        out = harness.call(f)
+        del out
+    gc.collect()
+    rss1 = harness.status_kb("VmRSS")
+    reset = harness.reset_peak_rss()
+    for _ in range(2):
+        out = harness.call(f)
+        del out
+    gc.collect()
+    peak = harness.status_kb("VmHWM")
+    return dict(kind=args.kind, variant=args.variant, N=args.N, p=args.p, dtype=args.dtype,
+                transient_bytes=(peak - rss1) * 1024, persistent_bytes=(rss1 - rss0) * 1024,
+                unit_bytes=unit, hwm_reset=reset)
+
+
+WORKERS = {"bw": worker_bw, "bn": worker_bn, "mlp": worker_mlp, "mem": worker_mem}
+
+
+# ============================================================================ orchestration
+def clean_env(extra=None):
+    env = dict(os.environ)
+    for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES", "OMP_WAIT_POLICY",
+              "GOMP_SPINCOUNT", "BNMAT_DISABLE_KERNELS"):
+        env.pop(k, None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(ROOT, "src"), HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(extra or {})
+    return env
+
+
+def spawn(worker_args, extra_env=None, timeout=900):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + [str(a) for a in worker_args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(extra_env),
+                              cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s: {' '.join(map(str, worker_args))}"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    return {"error": f"rc={proc.returncode}: " + (proc.stderr or proc.stdout)[-2000:]}
+
+
+def machine_info():
+    info = {"platform": platform.platform(), "nproc": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("Model name", "CPU family", "Model", "L1d cache", "L2 cache",
+                             "L3 cache", "Hypervisor vendor"):
+                info[k.strip()] = v.strip()
+    except OSError:
+        pass
+    for key, path in (("THP", "/sys/kernel/mm/transparent_hugepage/enabled"),
+                      ("loadavg", "/proc/loadavg")):
+        try:
+            with open(path) as fh:
+                info[key] = fh.read().strip()
+        except OSError:
+            pass
+    return info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer cases, shorter budgets")
+    ap.add_argument("--parts", default="bw,bn,mlp,mem")
+    ap.add_argument("--configs", default="default",
+                    help="comma list of " + ", ".join(CONFIG_ENV))
+    ap.add_argument("--out", default=None, help="output folder")
+    ap.add_argument("--budget-scale", type=float, default=1.0)
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="only print an earlier run's tables")
+    # worker arguments
+    ap.add_argument("--worker", choices=sorted(WORKERS))
+    ap.add_argument("--N", type=int)
+    ap.add_argument("--p", type=int, default=0)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--variants", default="")
+    ap.add_argument("--variant", default="")
+    ap.add_argument("--kind", default="bn")
+    ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--config", default="default")
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        print(RESULT_TAG + json.dumps(WORKERS[args.worker](args)), flush=True)
+        return 0
+    if args.render:
+        with open(args.render) as fh:
+            print(render(json.load(fh)))
+        return 0
+
+    parts = set(args.parts.split(","))
+    configs = [c for c in args.configs.split(",") if c in CONFIG_ENV]
+    scale = args.budget_scale * (0.3 if args.quick else 1.0)
+    out_dir = args.out or os.path.join(ROOT, "bench-results", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out_dir, exist_ok=True)
+    t_start = time.time()
+    R = {"machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+         "quick": args.quick, "bn": [], "mlp": [], "mem": []}
+
+    def log(msg):
+        print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)
+
+    def record(key, result):
+        if "error" in result:
+            log("  ERROR " + result["error"][-600:])
+        R[key].append(result)
+
+    if "bw" in parts:
+        log("bandwidth ...")
+        R["bw"] = spawn(["bw", "--budget-scale", scale])
+    bn_cases = QUICK_BN if args.quick else [(s, dt) for s in BN_SIZES for dt in DTYPES]
+    if "bn" in parts:
+        for (n, p), dt in bn_cases:
+            for cfg in configs:
+                if cfg == "thp" and n * p < 1 << 20:
+                    continue  # small arrays are not mmapped: THP changes nothing
+                variants = BN_DEFAULT if cfg == "default" else BN_OTHER_CONFIGS
+                if not _have("jax"):
+                    variants = ",".join(v for v in variants.split(",") if not v.startswith("jax"))
+                log(f"BN {n}x{p} {dt} [{cfg}] ...")
+                record("bn", spawn(["bn", "--N", n, "--p", p, "--dtype", dt, "--budget",
+                                    1.2 if n * p >= 1 << 22 else 0.6, "--budget-scale", scale,
+                                    "--variants", variants, "--config", cfg],
+                                   CONFIG_ENV[cfg]))
+    mlp_ns = MLP_NS[:1] if args.quick else MLP_NS
+    if "mlp" in parts:
+        for n in mlp_ns:
+            for cfg in configs:
+                log(f"MLP N={n} [{cfg}] ...")
+                variants = ",".join(v for v in MLP_DEFAULT.split(",")
+                                    if _have("jax") or not v.startswith("jax"))
+                record("mlp", spawn(["mlp", "--N", n, "--budget", 2.0, "--budget-scale", scale,
+                                     "--variants", variants, "--config", cfg],
+                                    CONFIG_ENV[cfg]))
+    if "mem" in parts:
+        log("transient memory (one subprocess per variant and case) ...")
+        mem_env = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # freed temporaries leave the RSS
+        sizes = sorted({s for s, _ in bn_cases if s[0] * s[1] >= 1 << 20})
+        for (n, p) in sizes:
+            for v in MEM_BN:
+                if v.startswith("jax") and not _have("jax"):
+                    continue
+                record("mem", spawn(["mem", "--kind", "bn", "--variant", v, "--N", n, "--p", p,
+                                     "--dtype", "float32"], mem_env))
+        for n in mlp_ns:
+            for v in MEM_MLP:
+                if v.startswith("jax") and not _have("jax"):
+                    continue
+                record("mem", spawn(["mem", "--kind", "mlp", "--variant", v, "--N", n], mem_env))
+    R["total_s"] = time.time() - t_start
+    with open(os.path.join(out_dir, "results.json"), "w") as fh:
+        json.dump(R, fh, indent=1)
+    text = render(R)
+    with open(os.path.join(out_dir, "tables.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    log(f"done; wrote {os.path.relpath(out_dir, ROOT)}/results.json and tables.md")
+    return 0
+
+
+def render(R):
+    from report import render as _render
+
+    return _render(R)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Numba kernels for batch normalization and ReLU on C-contiguous NumPy arrays.
+
+Layout and threading. ``x`` is C-contiguous of shape (N, p), float32 or
+float64. Column sums are taken over fixed chunks of rows in parallel (one row of
+float64 partial sums per chunk, added up in chunk order afterwards, so the
+result does not depend on how many threads ran); elementwise passes are
+parallel over rows. Innermost loops run along a row, over contiguous columns,
+so they vectorize without reassociating a sum: every column keeps its own
+sequential float64 accumulator. With ``rows4`` (arrays that fit in cache) the
+sums and the forward pass read four rows per step, so that accumulators and
+coefficient vectors are loaded once per four rows: while arrays sit in L2/L3,
+loads, not memory, limit. Arrays streamed from DRAM go one row at a time, which
+the hardware prefetchers follow better.
+
+Precision. Statistics and the two backward sums accumulate in float64 for
+either dtype. Elementwise passes compute in the data's dtype (float32 data gets
+16 SIMD lanes instead of 8) after centring with a two-part mean
+``x − mean = (x − mean_hi) − mean_lo``: ``mean_hi`` is the mean rounded to the
+dtype and ``mean_lo`` the rounding remainder, so data with a large mean and a
+small spread (float32 ``1e4 + 1e-2·N(0,1)``) keeps its digits; the first
+subtraction is exact when x is within a factor 2 of the mean (Sterbenz).
+
+fastmath is off: the order of every sum is the one written here, comparisons
+with NaN keep their meaning, and no multiply-add is contracted, so the ReLU mask
+recomputed in the backward pass is bitwise the one the forward pass applied
+(and equals the mask a NumPy expression with the same operations gives).
+
+The wrappers in :mod:`bnmat._kernels._batchnorm` validate every argument and
+choose ``nchunks``; nothing here checks shapes or dtypes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_OPTS = dict(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=False)
+
+#: rows per in-cache block of the two-pass (float64) statistics
+_BLOCK_ROWS = 32
+
+
+@njit(**_OPTS)
+def _moments(x, two_pass, rows4, nchunks):
+    """Column means and sums of squared deviations of x, float64, one sweep.
+
+    All sums use ``d = x − x[0]`` (the first row): a constant column then gives
+    ``d = 0`` everywhere and a variance of exactly 0.
+
+    * ``two_pass=False`` (float32 data): per chunk ``Σd`` and ``Σd²`` in
+      float64. ``d`` and ``d²`` of float32 numbers are exact in float64, so the
+      only error is the float64 rounding of the sums, amplified by
+      ``1 + ((x[0] − mean)/sd)²``; far below float32's resolution.
+    * ``two_pass=True`` (float64 data): blocks of ``_BLOCK_ROWS`` rows stay
+      in cache and are done by the two-pass algorithm (block mean, then
+      ``Σ(d − block mean)²``).
+
+    Blocks and chunks are merged by Chan et al.'s pairwise update, in order.
+    Returns ``(mean_d, m2)``: the column means of ``d`` (add ``x[0]`` for the
+    mean of x) and ``m2 = Σ(x − mean)²``.
+    """
+    n, p = x.shape
+    x0 = x[0]
+    cmean = np.zeros((nchunks, p))
+    cm2 = np.zeros((nchunks, p))
+    for c in prange(nchunks):
+        r0 = c * n // nchunks
+        r1 = (c + 1) * n // nchunks
+        s = np.empty(p)
+        q = np.empty(p)
+        mc = cmean[c]
+        qc = cm2[c]
+        cnt = 0
+        block = _BLOCK_ROWS if two_pass else r1 - r0
+        for b0 in range(r0, r1, block):
+            b1 = min(b0 + block, r1)
+            nb = b1 - b0
+            for j in range(p):
+                s[j] = 0.0
+                q[j] = 0.0
+            if two_pass:
+                for i in range(b0, b1):
+                    xi = x[i]
+                    for j in range(p):
+                        s[j] += np.float64(xi[j]) - x0[j]
+                for j in range(p):
+                    s[j] /= nb
+                for i in range(b0, b1):
+                    xi = x[i]
+                    for j in range(p):
+                        d = (np.float64(xi[j]) - x0[j]) - s[j]
+                        q[j] += d * d
+            else:
+                i = b0
+                while rows4 and i + 4 <= b1:
+                    xa = x[i]
+                    xb = x[i + 1]
+                    xc = x[i + 2]
+                    xd = x[i + 3]
+                    for j in range(p):
+                        z = np.float64(x0[j])
+                        da = np.float64(xa[j]) - z
+                        db = np.float64(xb[j]) - z
+                        dc = np.float64(xc[j]) - z
+                        dd = np.float64(xd[j]) - z
+                        s[j] += (da + db) + (dc + dd)
+                        q[j] += (da * da + db * db) + (dc * dc + dd * dd)
+                    i += 4
+                while i < b1:
+                    xa = x[i]
+                    for j in range(p):
+                        da = np.float64(xa[j]) - np.float64(x0[j])
+                        s[j] += da
+                        q[j] += da * da
+                    i += 1
+                for j in range(p):
+                    s[j] /= nb
+                    q[j] = max(q[j] - s[j] * s[j] * nb, 0.0)
+            tot = cnt + nb
+            wa = nb / tot
+            wb = cnt * wa
+            for j in range(p):
+                delta = s[j] - mc[j]
+                mc[j] += delta * wa
+                qc[j] += q[j] + delta * delta * wb
+            cnt = tot
+    mean = np.zeros(p)
+    m2 = np.zeros(p)
+    cnt = 0
+    for c in range(nchunks):
+        nb = (c + 1) * n // nchunks - c * n // nchunks
+        tot = cnt + nb
+        wa = nb / tot
+        wb = cnt * wa
+        for j in range(p):
+            delta = cmean[c, j] - mean[j]
+            mean[j] += delta * wa
+            m2[j] += cm2[c, j] + delta * delta * wb
+        cnt = tot
+    return mean, m2
+
+
+@njit(**_OPTS)
+def forward(x, gamma, beta, eps, ddof, relu, two_pass, rows4, nchunks, out):
+    """Batch-norm training forward pass: statistics, then ``out`` in one pass.
+
+    ``gamma`` and ``beta`` have x's dtype. Writes
+    ``out = ((x − mean_hi) − mean_lo)·scale + beta`` (through ReLU when
+    ``relu``), ``scale = γ ∘ s`` rounded to the dtype, unless a column is
+    unusable: then ``status`` is 1 (non-finite statistics) or 2 (zero variance
+    with eps = 0), ``col`` the first such column, and out is left untouched.
+
+    Returns ``(mean, var, inv_std, mean_hi, mean_lo, scale, status, col)``:
+    the first three float64, the next three in x's dtype.
+    """
+    n, p = x.shape
+    mean_d, m2 = _moments(x, two_pass, rows4, nchunks)
+    x0 = x[0]
+    mean = np.empty(p)
+    var = np.empty(p)
+    inv_std = np.empty(p)
+    mean_hi = np.empty(p, x.dtype)
+    mean_lo = np.empty(p, x.dtype)
+    scale = np.empty(p, x.dtype)
+    status = 0
+    col = -1
+    for j in range(p):
+        # mean = x0 + mean_d as an unevaluated sum hi + lo (Knuth's TwoSum), so
+        # that centring keeps digits beyond one float64 when the mean is large
+        # against the spread (float64 1e8 + N(0,1)).
+        a = np.float64(x0[j])
+        b = mean_d[j]
+        m = a + b
+        bv = m - a
+        err = (a - (m - bv)) + (b - bv)
+        mean[j] = m
+        mean_hi[j] = m
+        mean_lo[j] = (m - np.float64(mean_hi[j])) + err
+        var[j] = m2[j] / (n - ddof)
+        if status == 0 and not (np.isfinite(m) and np.isfinite(var[j])):
+            status = 1
+            col = j
+    if status == 0 and eps == 0.0:
+        for j in range(p):
+            if var[j] == 0.0:
+                status = 2
+                col = j
+                break
+    for j in range(p):
+        inv_std[j] = 1.0 / np.sqrt(var[j] + eps)
+        scale[j] = np.float64(gamma[j]) * inv_std[j]
+    if status != 0:
+        return mean, var, inv_std, mean_hi, mean_lo, scale, status, col
+    zero = np.zeros(1, x.dtype)[0]
+    # Four rows per step (arrays in cache): the four coefficient vectors are
+    # loaded once for all four. Arrays from DRAM stream faster one row at a time.
+    if not rows4:
+        for i in prange(n):
+            xi = x[i]
+            oi = out[i]
+            for j in range(p):
+                v = ((xi[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + beta[j]
+                if relu:
+                    v = v if v > zero else zero
+                oi[j] = v
+        return mean, var, inv_std, mean_hi, mean_lo, scale, status, col
+    for grp in prange((n + 3) // 4):
+        i0 = 4 * grp
+        if i0 + 4 <= n:
+            xa = x[i0]
+            xb = x[i0 + 1]
+            xc = x[i0 + 2]
+            xd = x[i0 + 3]
+            oa = out[i0]
+            ob = out[i0 + 1]
+            oc = out[i0 + 2]
+            od = out[i0 + 3]
+            for j in range(p):
+                h = mean_hi[j]
+                lo = mean_lo[j]
+                s = scale[j]
+                b = beta[j]
+                va = ((xa[j] - h) - lo) * s + b
+                vb = ((xb[j] - h) - lo) * s + b
+                vc = ((xc[j] - h) - lo) * s + b
+                vd = ((xd[j] - h) - lo) * s + b
+                if relu:
+                    va = max(zero, va)
+                    vb = max(zero, vb)
+                    vc = max(zero, vc)
+                    vd = max(zero, vd)
+                oa[j] = va
+                ob[j] = vb
+                oc[j] = vc
+                od[j] = vd
+        else:
+            for i in range(i0, n):
+                xi = x[i]
+                oi = out[i]
+                for j in range(p):
+                    v = ((xi[j] - mean_hi[j]) - mean_lo[j]) * scale[j] + beta[j]
+                    if relu:
+                        v = max(zero, v)
+                    oi[j] = v
+    return mean, var, inv_std, mean_hi, mean_lo, scale, status, col
+
+
+@njit(**_OPTS)
+def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4, nchunks, out):
+    """Batch-norm training backward pass: two column sums, then ``out``.
+
+    With ``D = (X − 1 mean_hiᵀ) − 1 mean_loᵀ`` (recomputed from x), ``X̂ = D
+    diag(norm)`` and ``G = dy`` (or, when ``relu``, ``dy ∘ 1[D diag(scale) + 1βᵀ
+    > 0]``, the forward pass's mask)::
+
+        dβ = 1ᵀG,   dγ = 1ᵀ(G ∘ X̂)                       (float64 sums)
+        out = [G − 1 dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(a),   a = γ ∘ s
+
+    ``out`` may be ``dy`` itself: each element is read before it is written.
+    Returns ``(dgamma, dbeta)`` in float64.
+    """
+    n, p = x.shape
+    cdb = np.zeros((nchunks, p))
+    cdg = np.zeros((nchunks, p))
+    zero = np.zeros(1, x.dtype)[0]
+    for c in prange(nchunks):
+        r0 = c * n // nchunks
+        r1 = (c + 1) * n // nchunks
+        db = cdb[c]
+        dg = cdg[c]
+        i = r0
+        while rows4 and i + 4 <= r1:
+            xa = x[i]
+            xb = x[i + 1]
+            xc = x[i + 2]
+            xd = x[i + 3]
+            ga = dy[i]
+            gb = dy[i + 1]
+            gc = dy[i + 2]
+            gd = dy[i + 3]
+            for j in range(p):
+                h = mean_hi[j]
+                lo = mean_lo[j]
+                da = (xa[j] - h) - lo
+                d2 = (xb[j] - h) - lo
+                d3 = (xc[j] - h) - lo
+                d4 = (xd[j] - h) - lo
+                g1 = ga[j]
+                g2 = gb[j]
+                g3 = gc[j]
+                g4 = gd[j]
+                if relu:
+                    s = scale[j]
+                    b = beta[j]
+                    g1 = g1 if da * s + b > zero else zero
+                    g2 = g2 if d2 * s + b > zero else zero
+                    g3 = g3 if d3 * s + b > zero else zero
+                    g4 = g4 if d4 * s + b > zero else zero
+                f1 = np.float64(g1)
+                f2 = np.float64(g2)
+                f3 = np.float64(g3)
+                f4 = np.float64(g4)
+                db[j] += (f1 + f2) + (f3 + f4)
+                dg[j] += ((f1 * np.float64(da) + f2 * np.float64(d2))
+                          + (f3 * np.float64(d3) + f4 * np.float64(d4)))
+            i += 4
+        while i < r1:
+            xa = x[i]
+            ga = dy[i]
+            for j in range(p):
+                da = (xa[j] - mean_hi[j]) - mean_lo[j]
+                g1 = ga[j]
+                if relu and not (da * scale[j] + beta[j] > zero):
+                    g1 = zero
+                db[j] += np.float64(g1)
+                dg[j] += np.float64(g1) * np.float64(da)
+            i += 1
+    dbeta = np.zeros(p)
+    dgamma = np.zeros(p)
+    for c in range(nchunks):
+        for j in range(p):
+            dbeta[j] += cdb[c, j]
+            dgamma[j] += cdg[c, j]
+    ca = np.empty(p, x.dtype)
+    cb = np.empty(p, x.dtype)
+    cc = np.empty(p, x.dtype)
+    for j in range(p):
+        dgamma[j] *= norm[j]
+        ca[j] = a[j]
+        cb[j] = -a[j] * norm[j] * dgamma[j] / n_ddof
+        cc[j] = -a[j] * dbeta[j] / n
+    # dy's row is first copied to a small buffer: when out is dy (in place), a
+    # loop reading dy and writing out would fail the vectorizer's runtime
+    # overlap check and run scalar, about 6× slower.
+    for c in prange(nchunks):
+        gi = np.empty(p, x.dtype)
+        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+            xi = x[i]
+            di = dy[i]
+            for j in range(p):
+                gi[j] = di[j]
+            oi = out[i]
+            if relu:
+                for j in range(p):
+                    d = (xi[j] - mean_hi[j]) - mean_lo[j]
+                    g = gi[j] if d * scale[j] + beta[j] > zero else zero
+                    oi[j] = (ca[j] * g + cb[j] * d) + cc[j]
+            else:
+                for j in range(p):
+                    d = (xi[j] - mean_hi[j]) - mean_lo[j]
+                    oi[j] = (ca[j] * gi[j] + cb[j] * d) + cc[j]
+    return dgamma, dbeta
+
+
+@njit(**_OPTS)
+def inference_forward(x, mean, inv_std, gamma, beta, nchunks, out):
+    """``out = ((x − mean) · inv_std) · γ + β`` in x's dtype, in the reference's order.
+
+    The same operations as the NumPy reference, elementwise and uncontracted, so
+    the result is bitwise the reference's. Returns False when x has a NaN or an
+    infinity (found as a non-zero column sum of ``x · 0``, which vectorizes).
+    """
+    n, p = x.shape
+    zero = np.zeros(1, x.dtype)[0]
+    chk = np.zeros((nchunks, p), x.dtype)
+    for c in prange(nchunks):
+        ck = chk[c]
+        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+            xi = x[i]
+            oi = out[i]
+            for j in range(p):
+                v = xi[j]
+                oi[j] = ((v - mean[j]) * inv_std[j]) * gamma[j] + beta[j]
+                ck[j] += v * zero
+    for c in range(nchunks):
+        for j in range(p):
+            if chk[c, j] != zero:
+                return False
+    return True
+
+
+@njit(**_OPTS)
+def relu_forward(x, out):
+    """``out = x`` where x > 0, else 0 (NaN gives 0), for 1-D contiguous arrays."""
+    zero = np.zeros(1, x.dtype)[0]
+    for i in prange(x.shape[0]):
+        v = x[i]
+        out[i] = max(zero, v)
+
+
+@njit(**_OPTS)
+def relu_backward(dy, x, out):
+    """``out = dy`` where x > 0, else 0, for 1-D contiguous arrays."""
+    zero = np.zeros(1, x.dtype)[0]
+    for i in prange(x.shape[0]):
+        out[i] = dy[i] if x[i] > zero else zero
