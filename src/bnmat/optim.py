@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Union
 
+import numpy as np
+
 from .layers._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 
 __all__ = [
@@ -158,6 +160,30 @@ def _rate(schedule: Schedule, step: int) -> float:
     return lr
 
 
+def _same_numpy(a, b) -> bool:
+    return (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
+            and a.shape == b.shape)
+
+
+def _minus_scaled(p, c: float, d):
+    """``p − c d``, a new array; for NumPy, the product's array receives the result
+    (one allocation instead of two, the same rounding)."""
+    if _same_numpy(p, d):
+        t = np.multiply(d, c)
+        if type(t) is np.ndarray and t.dtype == p.dtype:
+            return np.subtract(p, t, out=t)
+    return p - c * d
+
+
+def _plus_scaled(a, c: float, b):
+    """``a + c b`` (c b first), a new array, with one allocation for NumPy."""
+    if _same_numpy(a, b):
+        t = np.multiply(b, c)
+        if type(t) is np.ndarray and t.dtype == a.dtype:
+            return np.add(a, t, out=t)
+    return a + c * b
+
+
 # ----------------------------------------------------------------- optimizers
 def sgd(learning_rate: LearningRate, momentum: float = 0.0, nesterov: bool = False,
         weight_decay: float = 0.0) -> Optimizer:
@@ -206,14 +232,15 @@ def sgd(learning_rate: LearningRate, momentum: float = 0.0, nesterov: bool = Fal
         if weight_decay:
             grads = tree_map(lambda g, p: g + weight_decay * p, grads, params)
         if not momentum:
-            new_params = tree_map(lambda p, g: p - lr * g, params, grads)
+            new_params = tree_map(lambda p, g: _minus_scaled(p, lr, g), params, grads)
             return new_params, SGDState(opt_state.step + 1, None)
-        velocity = tree_map(lambda v, g: momentum * v + g, opt_state.velocity, grads)
+        velocity = tree_map(lambda v, g: _plus_scaled(g, momentum, v), opt_state.velocity,
+                            grads)
         if nesterov:
-            direction = tree_map(lambda g, v: g + momentum * v, grads, velocity)
+            direction = tree_map(lambda g, v: _plus_scaled(g, momentum, v), grads, velocity)
         else:
             direction = velocity
-        new_params = tree_map(lambda p, d: p - lr * d, params, direction)
+        new_params = tree_map(lambda p, d: _minus_scaled(p, lr, d), params, direction)
         return new_params, SGDState(opt_state.step + 1, velocity)
 
     return Optimizer(init, update)

@@ -55,6 +55,18 @@ class ReLU(_Activation):
 
     _ops = (ops.relu_forward, ops.relu_backward)
 
+    def backward(self, dy, cache):
+        """``dX = dH ∘ 1[X > 0]``; returns ``(dx, {})``.
+
+        Also accepts the cache of a ReLU that a :class:`Sequential` fused into
+        the batch norm before it (the mask is then recomputed from that cache).
+        """
+        from ._fused import FusedReLUCache, relu_backward_from_batchnorm
+
+        if isinstance(cache, FusedReLUCache):
+            return relu_backward_from_batchnorm(dy, cache), {}
+        return super().backward(dy, cache)
+
 
 @register_layer
 @dataclass(frozen=True)

@@ -173,6 +173,10 @@ class BatchNorm:
         grads : dict
             ``{"gamma": (p,), "beta": (p,)}``.
         """
+        if getattr(cache, "relu", False) is True:
+            # From a forward pass fused with the ReLU after it (Sequential);
+            # this layer's own backward is plain batch norm's.
+            cache = cache.without_relu()
         if isinstance(cache, BatchNormCache):
             dx, dgamma, dbeta = ops.batchnorm_backward(dy, cache)
         else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
+from ..ops.dense import DenseCache, DenseGrads
 from ._checks import check_generator, check_keys, positive_int
 from ._registry import register_layer
 
@@ -114,7 +115,11 @@ class Dense:
         cache : DenseCache
         """
         check_keys(params, ("w", "b") if self.bias else ("w",), self)
-        y, cache = ops.dense_forward(x, params["w"], params["b"] if self.bias else None)
+        b = params["b"] if self.bias else None
+        fast = _numpy_forward(x, params["w"], b)
+        if fast is not None:
+            return fast[0], state, fast[1]
+        y, cache = ops.dense_forward(x, params["w"], b)
         return y, state, cache
 
     def backward(self, dy, cache):
@@ -131,8 +136,74 @@ class Dense:
         grads : dict
             ``{"w": (p_in, p_out)[, "b": (p_out,)]}``.
         """
-        dx, dw, db = ops.dense_backward(dy, cache)
-        grads = {"w": dw}
+        return self._backward(dy, cache, need_dx=True)
+
+    def _backward(self, dy, cache, *, need_dx: bool):
+        """:meth:`backward`, optionally without dX (None when ``need_dx`` is False).
+
+        The first layer of a network needs no dX = dY Wᵀ (an N × p_in matmul);
+        :func:`bnmat.train.value_and_grad` skips it through this method.
+        """
+        grads = _numpy_backward(dy, cache, need_dx)
+        if grads is None:
+            grads = ops.dense_backward(dy, cache)
+        out = {"w": grads.dw}
         if self.bias:
-            grads["b"] = db
-        return dx, grads
+            out["b"] = grads.db
+        return grads.dx, out
+
+
+# ------------------------------------------------------------------ NumPy fast path
+# The op (bnmat.ops.dense_forward / dense_backward) is the reference; for plain
+# NumPy float arrays, already of one dtype and C order, the layer computes the same
+# products with fewer temporaries. Anything else goes to the op unchanged.
+
+def _plain_float(a, dtype=None) -> bool:
+    return (type(a) is np.ndarray and a.dtype in (np.float32, np.float64)
+            and (dtype is None or a.dtype == dtype) and a.flags.c_contiguous)
+
+
+def _numpy_forward(x, w, b):
+    """``Y = X W + 1bᵀ`` with the bias added in place into the fresh product.
+
+    ``y = x @ w; y += b`` is bitwise ``x @ w + b`` without its second N × p_out
+    array. Returns None when the arguments are not plain NumPy arrays of x's
+    float dtype with conforming shapes (the op then validates and converts).
+    """
+    if not (_plain_float(x) and x.ndim == 2 and x.shape[1] > 0 and _plain_float(w, x.dtype)
+            and w.ndim == 2 and w.shape[0] == x.shape[1]):
+        return None
+    if b is not None and not (_plain_float(b, x.dtype) and b.shape == (w.shape[1],)):
+        return None
+    if x.shape[0] == 0:
+        return None                  # the op says what is wrong with an empty batch
+    y = x @ w
+    if b is not None:
+        y += b
+    return y, DenseCache(x=x, w=w, has_bias=b is not None)
+
+
+def _numpy_backward(dy, cache, need_dx):
+    """``dX = dY Wᵀ`` (skipped unless ``need_dx``), ``dW = Xᵀ dY``, ``db = 1ᵀ dY``.
+
+    With one output column (p_out = 1) dY Wᵀ is an outer product, computed as the
+    broadcast product ``dY ∘ 1wᵀ``: each entry is the same single product as in
+    the matmul, and the broadcast is several times faster than a rank-1 sgemm.
+    Returns None unless dy and the cache are plain NumPy arrays of one dtype.
+    """
+    if not isinstance(cache, DenseCache):
+        return None
+    x, w, has_bias = cache
+    if not (_plain_float(dy) and _plain_float(x, dy.dtype) and _plain_float(w, dy.dtype)
+            and x.ndim == 2 and w.ndim == 2
+            and tuple(dy.shape) == (x.shape[0], w.shape[1])):
+        return None
+    if not need_dx:
+        dx = None
+    elif w.shape[1] == 1:
+        dx = dy * w[:, 0]            # (N, 1) ∘ (p_in,) → (N, p_in)
+    else:
+        dx = dy @ w.T
+    dw = x.T @ dy
+    db = dy.sum(axis=0) if has_bias else None
+    return DenseGrads(dx, dw, db)

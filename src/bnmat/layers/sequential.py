@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ._checks import check_generator
+from ._fused import FusedReLUCache, batchnorm_relu_backward, batchnorm_relu_forward, fusable
+from .dense import Dense
 from ._network import Network, check_module, group_kwargs, population_forward
 from ._registry import register_layer
 
@@ -99,11 +101,25 @@ class Sequential(Network):
         cache : SequentialCache
         """
         self._check_lists(params, state)
+        layers = self.layers
         new_state, caches = [], []
-        for layer, p, s in zip(self.layers, params, state):
-            x, s, c = layer.forward(p, s, x, training=training, **group_kwargs(layer, groups))
+        i = 0
+        while i < len(layers):
+            if training and i + 1 < len(layers) and fusable(layers[i], layers[i + 1]):
+                fused = batchnorm_relu_forward(layers[i], params[i], state[i], params[i + 1],
+                                               x)
+                if fused is not None:
+                    x, s, bn_cache, relu_cache = fused
+                    new_state += [s, state[i + 1]]
+                    caches += [bn_cache, relu_cache]
+                    i += 2
+                    continue
+            layer = layers[i]
+            x, s, c = layer.forward(params[i], state[i], x, training=training,
+                                    **group_kwargs(layer, groups))
             new_state.append(s)
             caches.append(c)
+            i += 1
         return x, new_state, SequentialCache(caches)
 
     def backward(self, dy, cache):
@@ -121,10 +137,53 @@ class Sequential(Network):
         grads : list
             One dict per layer, with the keys of its parameters.
         """
+        return self._backward(dy, cache, need_dx=True)
+
+    def _backward(self, dy, cache, *, need_dx: bool, consume: bool = False):
+        """:meth:`backward`; without dX (None) when ``need_dx`` is False.
+
+        Two savings over calling each layer's ``backward`` in turn, neither
+        visible to the caller: a batch norm + ReLU pair whose forward pass was
+        fused (see :mod:`bnmat.layers._fused`) is differentiated in one fused
+        call, which writes dZ into dH when dH is an array this loop made (the
+        fresh output of a :class:`Dense` layer's backward; never the caller's
+        ``dy``); and with ``need_dx=False`` (what
+        :func:`bnmat.train.value_and_grad` asks for) a first :class:`Dense`
+        layer, or a first nested Sequential, skips dX = dY Wᵀ.
+
+        ``consume=True`` (for a caller that made the cache and drops it
+        afterwards, as :func:`bnmat.train.value_and_grad` does) releases each
+        layer's cache as soon as its backward pass is done, so that the
+        activations it holds are freed during the backward sweep instead of
+        after it: the peak memory of a training step is then the forward
+        activations plus about one gradient array.
+        """
         caches = cache.caches if isinstance(cache, SequentialCache) else cache
-        grads = [None] * len(self.layers)
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy, grads[i] = self.layers[i].backward(dy, caches[i])
+        layers = self.layers
+        grads = [None] * len(layers)
+        owned = False       # dy was made by this loop and is read by no one else
+        i = len(layers) - 1
+        while i >= 0:
+            c = caches[i]
+            if (isinstance(c, FusedReLUCache) and i >= 1 and caches[i - 1] is c.bn
+                    and fusable(layers[i - 1], layers[i])):
+                dy, grads[i - 1] = batchnorm_relu_backward(dy, c.bn, overwrite=owned)
+                grads[i] = {}
+                if consume:
+                    caches[i] = caches[i - 1] = c = None
+                owned, i = True, i - 2
+                continue
+            layer = layers[i]
+            if i == 0 and not need_dx and type(layer) is Sequential:
+                dy, grads[i] = layer._backward(dy, c, need_dx=False, consume=consume)
+            elif i == 0 and not need_dx and type(layer) is Dense:
+                dy, grads[i] = layer._backward(dy, c, need_dx=False)
+            else:
+                dy, grads[i] = layer.backward(dy, c)
+            if consume:
+                caches[i] = c = None
+            owned = type(layer) is Dense
+            i -= 1
         return dy, grads
 
     def population_state(self, params, state, xs, groups=None):

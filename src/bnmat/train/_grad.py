@@ -9,6 +9,7 @@ import numpy as np
 from .. import ops
 from .._array_api import as_float, get_namespace, is_numpy, to_numpy
 from ..layers._network import uses_groups
+from ..layers.sequential import Sequential
 from ..optim import Optimizer
 from ._groups import as_factors, for_layers, for_loss
 
@@ -208,12 +209,27 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
     target = _match_target(y_pred, y, name)
     value, loss_cache = forward(y_pred, target)
     dy_pred = backward(1.0, loss_cache)
-    _, grads = net.backward(dy_pred, cache)
+    _, grads = _backward_without_dx(net, dy_pred, cache)
     value = float(value)
     if l2:
         value += l2_penalty(params, l2)
         grads = _add_l2(grads, params, l2)
     return value, grads, new_state
+
+
+def _backward_without_dx(net, dy, cache):
+    """``net.backward(dy, cache)`` when only the parameter gradients are needed.
+
+    A :class:`~bnmat.layers.Sequential` then skips ∂R/∂X of its first Dense
+    layer (an N × p matmul whose result would be dropped) and frees each
+    layer's activations as soon as its backward pass is done (the cache is
+    consumed: it must be one nobody else holds); any other network runs its
+    own ``backward``. The gradients are the same either way.
+    """
+    if type(net) is Sequential:
+        # the cache was made by value_and_grad and is dropped after this call
+        return net._backward(dy, cache, need_dx=False, consume=True)
+    return net.backward(dy, cache)
 
 
 def loss_value(net, params, state, x, y, loss="sse", *, groups=None) -> float:
