@@ -21,6 +21,23 @@ def finite_float(value, name: str) -> float:
     return float(value)
 
 
+def normalize_bn_fields(layer) -> None:
+    """Validate and normalize ``eps``, ``ddof`` and ``decay`` of a frozen batch-norm layer."""
+    name = type(layer).__name__
+    eps = finite_float(layer.eps, "eps")
+    if eps < 0:
+        raise ValueError(f"{name} needs eps >= 0; got {layer.eps!r}")
+    ddof = layer.ddof
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
+    decay = finite_float(layer.decay, "decay")
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must lie in [0, 1]; got {layer.decay!r}")
+    object.__setattr__(layer, "eps", eps)
+    object.__setattr__(layer, "ddof", int(ddof))
+    object.__setattr__(layer, "decay", decay)
+
+
 def check_generator(rng) -> None:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(

@@ -37,7 +37,7 @@ import numpy as np
 from .. import ops
 from .._array_api import get_namespace
 from ..ops.batchnorm import BatchNormCache
-from ._checks import check_generator, check_keys, finite_float, positive_int
+from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
 
 __all__ = ["BatchNorm"]
@@ -88,18 +88,7 @@ class BatchNorm:
     decay: float = 0.9
 
     def __post_init__(self):
-        eps = finite_float(self.eps, "eps")
-        if eps < 0:
-            raise ValueError(f"BatchNorm needs eps >= 0; got {self.eps!r}")
-        if isinstance(self.ddof, bool) or not isinstance(self.ddof, (int, np.integer)) \
-                or self.ddof < 0:
-            raise ValueError(f"ddof must be a non-negative integer; got {self.ddof!r}")
-        decay = finite_float(self.decay, "decay")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must lie in [0, 1]; got {self.decay!r}")
-        object.__setattr__(self, "eps", eps)
-        object.__setattr__(self, "ddof", int(self.ddof))
-        object.__setattr__(self, "decay", decay)
+        normalize_bn_fields(self)
 
     def init(self, rng, in_features):
         """Initial parameters and state.

@@ -61,7 +61,7 @@ from .._array_api import get_namespace
 from ..ops.group_batchnorm import GroupBatchNormCache
 from ..ops.group_batchnorm_inference import GroupBatchNormInferenceCache, GroupStatistics
 from ..panel import GroupIndex, ghost_batch_labels, group_index
-from ._checks import check_generator, check_keys, finite_float, positive_int
+from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
 
 __all__ = ["GroupBatchNorm"]
@@ -128,15 +128,7 @@ class GroupBatchNorm:
     ghost: int | None = None
 
     def __post_init__(self):
-        eps = finite_float(self.eps, "eps")
-        if eps < 0:
-            raise ValueError(f"GroupBatchNorm needs eps >= 0; got {self.eps!r}")
-        if isinstance(self.ddof, bool) or not isinstance(self.ddof, (int, np.integer)) \
-                or self.ddof < 0:
-            raise ValueError(f"ddof must be a non-negative integer; got {self.ddof!r}")
-        decay = finite_float(self.decay, "decay")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must lie in [0, 1]; got {self.decay!r}")
+        normalize_bn_fields(self)
         ghost = self.ghost
         if ghost is not None:
             ghost = positive_int(ghost, "ghost")
@@ -145,9 +137,6 @@ class GroupBatchNorm:
                     f"ghost batches of {ghost} row(s) are too small: each needs at least "
                     f"{max(2, int(self.ddof) + 1)} rows for its statistics (ddof={self.ddof})"
                 )
-        object.__setattr__(self, "eps", eps)
-        object.__setattr__(self, "ddof", int(self.ddof))
-        object.__setattr__(self, "decay", decay)
         object.__setattr__(self, "ghost", ghost)
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..panel import GroupIndex
+from ..panel import GroupIndex, _label_array as label_array
 
 __all__ = ["as_factors", "take_factors", "group_batches", "group_holdout", "for_layers",
            "for_loss"]
@@ -25,19 +25,7 @@ __all__ = ["as_factors", "take_factors", "group_batches", "group_holdout", "for_
 def _labels(g, n: int, name: str) -> np.ndarray:
     if isinstance(g, GroupIndex):
         g = g.labels[g.codes]
-    arr = np.asarray(g)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(
-            f"{name} must hold one group label per row ({n} rows); got shape {arr.shape}"
-        )
-    if arr.dtype.kind == "f":
-        raise TypeError(
-            f"{name} must hold integer (or string) labels; got {arr.dtype}. Convert "
-            "whole-number floats with .astype(int)."
-        )
-    if arr.dtype.kind not in "biuUSO":
-        raise TypeError(f"{name} must hold integer (or string) labels; got {arr.dtype}")
-    return arr
+    return label_array(g, n, name)
 
 
 def as_factors(groups, n: int) -> list[np.ndarray] | None:
