@@ -326,6 +326,38 @@ def test_results_do_not_depend_on_thread_count(kernels_on, rng):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("rows4", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+def test_parallel_results_do_not_depend_on_thread_count(kernels_on, monkeypatch, rng,
+                                                         rows4, relu):
+    """Parallel regions really run (threshold lowered), in both loop shapes, with
+    data whose mean does not fit float32 (mean_lo != 0): bitwise equal results."""
+    from bnmat._kernels import _batchnorm
+
+    monkeypatch.setattr(_config, "PARALLEL_MIN_ELEMENTS", 0)
+    if not rows4:
+        monkeypatch.setattr(_batchnorm, "_ROWS4_MAX_BYTES", 0)
+    n, p = 2051, 37  # chunks whose row counts are not multiples of 4
+    x = (300.0 + 3.0 * rng.standard_normal((n, p))).astype(np.float32)
+    gamma = (1.0 + 0.1 * rng.standard_normal(p)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(p)).astype(np.float32)
+    dy = rng.standard_normal((n, p)).astype(np.float32)
+    fwd = _kernels.batchnorm_relu_forward if relu else _kernels.batchnorm_forward
+    bwd = _kernels.batchnorm_relu_backward if relu else _kernels.batchnorm_backward
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for t in sorted({1, min(2, threads), threads}):
+            numba.set_num_threads(t)
+            y, cache = fwd(x, gamma, beta)
+            runs.append((y, *bwd(dy, cache)))
+    finally:
+        numba.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert np.array_equal(a, b)
+
+
 def test_small_inputs_run_on_one_thread(kernels_on, monkeypatch, rng):
     x, gamma, beta, dy = _data(rng, 300, 7, np.float64)
     y, cache = ops.batchnorm_forward(x, gamma, beta)

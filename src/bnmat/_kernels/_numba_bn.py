@@ -13,7 +13,11 @@ loads, not memory, limit. Arrays streamed from DRAM go one row at a time, which
 the hardware prefetchers follow better.
 
 Precision. Statistics and the two backward sums accumulate in float64 for
-either dtype. Elementwise passes compute in the data's dtype (float32 data gets
+either dtype. In the four-row loops on float32 data, each step's per-row terms
+(differences, squares, products) and their sum over the four rows are taken in
+float32, and that partial sum is converted and added to the float64
+accumulator: a few float32 roundings per element, against one conversion per
+element to float64 (which doubled the sweeps' instruction count). Elementwise passes compute in the data's dtype (float32 data gets
 16 SIMD lanes instead of 8) after centring with a two-part mean
 ``x − mean = (x − mean_hi) − mean_lo``: ``mean_hi`` is the mean rounded to the
 dtype and ``mean_lo`` the rounding remainder, so data with a large mean and a
@@ -48,9 +52,13 @@ def _moments(x, two_pass, rows4, nchunks):
     ``d = 0`` everywhere and a variance of exactly 0.
 
     * ``two_pass=False`` (float32 data): per chunk ``Σd`` and ``Σd²`` in
-      float64. ``d`` and ``d²`` of float32 numbers are exact in float64, so the
-      only error is the float64 rounding of the sums, amplified by
-      ``1 + ((x[0] − mean)/sd)²``; far below float32's resolution.
+      float64. With ``rows4``, ``d``, ``d²`` and their sums over each group of
+      four rows are float32 (``d`` is exact when x is within a factor 2 of
+      ``x[0]``, e.g. a large mean with a small spread); each group's two sums
+      are then added in float64. Without ``rows4`` (arrays streamed from
+      DRAM, where converting costs nothing) ``d`` and ``d²`` are formed in
+      float64, where they are exact. Either way the error is amplified by
+      ``1 + ((x[0] − mean)/sd)²`` and stays near float32 rounding.
     * ``two_pass=True`` (float64 data): blocks of ``_BLOCK_ROWS`` rows stay
       in cache and are done by the two-pass algorithm (block mean, then
       ``Σ(d − block mean)²``).
@@ -98,13 +106,13 @@ def _moments(x, two_pass, rows4, nchunks):
                     xc = x[i + 2]
                     xd = x[i + 3]
                     for j in range(p):
-                        z = np.float64(x0[j])
-                        da = np.float64(xa[j]) - z
-                        db = np.float64(xb[j]) - z
-                        dc = np.float64(xc[j]) - z
-                        dd = np.float64(xd[j]) - z
-                        s[j] += (da + db) + (dc + dd)
-                        q[j] += (da * da + db * db) + (dc * dc + dd * dd)
+                        z = x0[j]
+                        da = xa[j] - z
+                        db = xb[j] - z
+                        dc = xc[j] - z
+                        dd = xd[j] - z
+                        s[j] += np.float64((da + db) + (dc + dd))
+                        q[j] += np.float64((da * da + db * db) + (dc * dc + dd * dd))
                     i += 4
                 while i < b1:
                     xa = x[i]
@@ -256,6 +264,13 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
         dβ = 1ᵀG,   dγ = 1ᵀ(G ∘ X̂)                       (float64 sums)
         out = [G − 1 dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(a),   a = γ ∘ s
 
+    Without ReLU, mean_lo leaves the per-element work: the sums take
+    ``1ᵀ(G ∘ (X − 1 mean_hiᵀ))`` and subtract ``mean_lo ∘ 1ᵀG`` in float64, and
+    ``out = G diag(a) + (X − 1 mean_hiᵀ) diag(b) + 1(c − b ∘ mean_lo)ᵀ``.
+    With ReLU the mask needs D itself, so D is formed as written above. In the
+    four-row loop each group's four float32 terms are summed in float32 before
+    the float64 add.
+
     ``out`` may be ``dy`` itself: each element is read before it is written.
     Returns ``(dgamma, dbeta)`` in float64.
     """
@@ -280,38 +295,39 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
             gd = dy[i + 3]
             for j in range(p):
                 h = mean_hi[j]
-                lo = mean_lo[j]
-                da = (xa[j] - h) - lo
-                d2 = (xb[j] - h) - lo
-                d3 = (xc[j] - h) - lo
-                d4 = (xd[j] - h) - lo
+                da = xa[j] - h
+                d2 = xb[j] - h
+                d3 = xc[j] - h
+                d4 = xd[j] - h
                 g1 = ga[j]
                 g2 = gb[j]
                 g3 = gc[j]
                 g4 = gd[j]
                 if relu:
+                    lo = mean_lo[j]
+                    da = da - lo
+                    d2 = d2 - lo
+                    d3 = d3 - lo
+                    d4 = d4 - lo
                     s = scale[j]
                     b = beta[j]
                     g1 = g1 if da * s + b > zero else zero
                     g2 = g2 if d2 * s + b > zero else zero
                     g3 = g3 if d3 * s + b > zero else zero
                     g4 = g4 if d4 * s + b > zero else zero
-                f1 = np.float64(g1)
-                f2 = np.float64(g2)
-                f3 = np.float64(g3)
-                f4 = np.float64(g4)
-                db[j] += (f1 + f2) + (f3 + f4)
-                dg[j] += ((f1 * np.float64(da) + f2 * np.float64(d2))
-                          + (f3 * np.float64(d3) + f4 * np.float64(d4)))
+                db[j] += np.float64((g1 + g2) + (g3 + g4))
+                dg[j] += np.float64((g1 * da + g2 * d2) + (g3 * d3 + g4 * d4))
             i += 4
         while i < r1:
             xa = x[i]
             ga = dy[i]
             for j in range(p):
-                da = (xa[j] - mean_hi[j]) - mean_lo[j]
+                da = xa[j] - mean_hi[j]
                 g1 = ga[j]
-                if relu and not (da * scale[j] + beta[j] > zero):
-                    g1 = zero
+                if relu:
+                    da = da - mean_lo[j]
+                    if not (da * scale[j] + beta[j] > zero):
+                        g1 = zero
                 db[j] += np.float64(g1)
                 dg[j] += np.float64(g1) * np.float64(da)
             i += 1
@@ -325,10 +341,17 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
     cb = np.empty(p, x.dtype)
     cc = np.empty(p, x.dtype)
     for j in range(p):
+        if not relu:
+            # Without ReLU the sums were of G ∘ (X − 1 mean_hiᵀ): take out mean_lo.
+            dgamma[j] -= np.float64(mean_lo[j]) * dbeta[j]
         dgamma[j] *= norm[j]
         ca[j] = a[j]
-        cb[j] = -a[j] * norm[j] * dgamma[j] / n_ddof
-        cc[j] = -a[j] * dbeta[j] / n
+        b64 = -a[j] * norm[j] * dgamma[j] / n_ddof
+        cb[j] = b64
+        # Without ReLU, dx = a∘G + b∘(X − mean_hi) + (c − b∘mean_lo): mean_lo is
+        # folded into the constant, which saves a subtraction per element.
+        c64 = -a[j] * dbeta[j] / n
+        cc[j] = c64 if relu else c64 - b64 * np.float64(mean_lo[j])
     # dy's row is first copied to a small buffer: when out is dy (in place), a
     # loop reading dy and writing out would fail the vectorizer's runtime
     # overlap check and run scalar, about 6× slower.
@@ -347,8 +370,7 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
                     oi[j] = (ca[j] * g + cb[j] * d) + cc[j]
             else:
                 for j in range(p):
-                    d = (xi[j] - mean_hi[j]) - mean_lo[j]
-                    oi[j] = (ca[j] * gi[j] + cb[j] * d) + cc[j]
+                    oi[j] = (ca[j] * gi[j] + cb[j] * (xi[j] - mean_hi[j])) + cc[j]
     return dgamma, dbeta
 
 
