@@ -9,12 +9,12 @@ predictions).
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _doc_examples import check_doc_examples
 
 from bnmat import train
 from bnmat.layers import (
@@ -557,48 +557,13 @@ def test_duck_typed_custom_layer_composes(fd_grad, rel_error):
 DOC = Path(__file__).resolve().parents[1] / "docs" / "networks.md"
 
 
-def _expected_output(block: str) -> list[str]:
-    """The ``# ...`` comment lines right after a print(...) statement: its documented output."""
-    out, after_print, depth = [], False, 0
-    for line in block.splitlines():
-        stripped = line.strip()
-        if after_print and depth == 0 and stripped.startswith("# "):
-            out.append(stripped[2:])
-            continue
-        if depth > 0:                       # continuation of a multi-line print(...)
-            depth += line.count("(") - line.count(")")
-            continue
-        after_print = "print(" in line
-        depth = line.count("(") - line.count(")") if after_print else 0
-    return out
-
-
-def _same_output(got: str, want: str) -> bool:
-    """Equal up to the last digits of numbers (BLAS builds round differently)."""
-    num = r"-?\d+(?:\.\d*)?(?:e-?\d+)?"
-    if re.sub(num, "#", got).split() != re.sub(num, "#", want).split():
-        return False
-    pairs = zip(re.findall(num, got), re.findall(num, want))
-    return all(abs(float(a) - float(b)) <= 0.01 + 0.05 * abs(float(b)) for a, b in pairs)
-
-
 def test_networks_guide_examples_run(tmp_path, monkeypatch, capsys):
     """Every ```python block of docs/networks.md runs, in order, in one namespace,
     and prints what the guide says it prints."""
     if not DOC.exists():
         pytest.skip("docs/networks.md not present")
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "networks_guide"}
-    for i, block in enumerate(blocks):
-        capsys.readouterr()
-        exec(compile(block, f"{DOC.name}, block {i}", "exec", dont_inherit=True), namespace)
-        got = capsys.readouterr().out.splitlines()
-        want = _expected_output(block)
-        assert len(got) == len(want), (i, got, want)
-        for g, w in zip(got, want):
-            assert _same_output(g, w), (i, g, w)
+    check_doc_examples(DOC, capsys)
 
 
 def test_eps_zero_is_exact_and_names_a_constant_column():

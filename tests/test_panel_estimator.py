@@ -8,12 +8,12 @@ coefficients and effects.
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _doc_examples import check_doc_examples
 
 import bnmat.train
 from bnmat._panel_inputs import label_codes
@@ -418,36 +418,5 @@ def test_panel_guide_examples_run(tmp_path, monkeypatch, capsys):
     """Every ```python block of docs/panel.md runs, in order, and prints what it says."""
     if not DOC.exists():
         pytest.skip("docs/panel.md not present")
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "panel_guide"}
-    num = r"-?\d+(?:\.\d*)?(?:e-?\d+)?"
-    for i, block in enumerate(blocks):
-        capsys.readouterr()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exec(compile(block, f"{DOC.name}, block {i}", "exec", dont_inherit=True), namespace)
-        got = capsys.readouterr().out.splitlines()
-        want = _expected_output(block)
-        assert len(got) == len(want), (i, got, want)
-        for g, w in zip(got, want):
-            assert re.sub(num, "#", g).split() == re.sub(num, "#", w).split(), (i, g, w)
-            for a, b in zip(re.findall(num, g), re.findall(num, w)):
-                assert abs(float(a) - float(b)) <= 0.01 + 0.05 * abs(float(b)), (i, g, w)
-
-
-def _expected_output(block: str) -> list[str]:
-    """The ``# ...`` comment lines right after a print(...) statement: its documented output."""
-    out, after_print, depth = [], False, 0
-    for line in block.splitlines():
-        stripped = line.strip()
-        if after_print and depth == 0 and stripped.startswith("# "):
-            out.append(stripped[2:])
-            continue
-        if depth > 0:                       # continuation of a multi-line print(...)
-            depth += line.count("(") - line.count(")")
-            continue
-        after_print = "print(" in line
-        depth = line.count("(") - line.count(")") if after_print else 0
-    return out
+    check_doc_examples(DOC, capsys, ignore_warnings=True)
