@@ -12,7 +12,7 @@ held-out periods **1986–1987** of the same men.
 Scores on the held-out rows:
 
 * **within R²** — ``1 − ‖M(y − ŷ)‖²/‖My‖²`` with M removing each man's mean
-  over his held-out rows (:func:`bnmat.panel_model.within_r2_score`). Unit
+  over his held-out rows (:func:`bnmat.panel.model.within_r2_score`). Unit
   effects cancel, so it measures how well the model predicts each man's
   change in wage between 1986 and 1987 from the change in his covariates;
 * **RMSE** of the level forecast ``ŷ = α̂_i + x_linᵀb + f(x)``, which also
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from bnmat.datasets import load_wage_panel
-    from bnmat.panel_estimator import PanelBNMLPRegressor
-    from bnmat.panel_model import within_r2_score
+    from bnmat.panel.estimator import PanelBNMLPRegressor
+    from bnmat.panel.model import within_r2_score
 
     df = load_wage_panel(as_frame=True).frame
     train = df[df["year"].between(*TRAIN_YEARS)].reset_index(drop=True)

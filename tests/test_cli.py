@@ -302,7 +302,7 @@ def test_panel_fit_and_predict_known_and_new_units(tmp_path, capsys):
     assert abs(coef["a"] - 1.5) < 0.1 and abs(coef["b"] + 1.0) < 0.1   # the simulated b
 
     # Two rows with the same features: unit u00 (seen) and unit zz (new); period 2003.
-    from bnmat.panel_table import load_panel_model
+    from bnmat.panel.table import load_panel_model
     fitted = load_panel_model(model)
     new = _write_csv(tmp_path / "new.csv", ["year", "firm", "c", "b", "a"],
                      [["2003", "u00", "0.3", "-0.2", "0.5"], ["2003", "zz", "0.3", "-0.2", "0.5"],
@@ -385,7 +385,7 @@ def test_panel_predict_with_text_labels_for_an_integer_model(tmp_path, capsys):
     assert main(["predict", model, new]) == 0
     captured = capsys.readouterr()
     seen, unseen = (float(v) for v in captured.out.split()[1:])
-    from bnmat.panel_table import load_panel_model
+    from bnmat.panel.table import load_panel_model
     assert abs(seen - unseen - load_panel_model(model).effects_dict[16]) < 1e-9
     assert "1 of 2 row(s) are of 1 unit(s) not seen in training (firm-x)" in captured.err
 
@@ -465,7 +465,7 @@ def test_panel_predict_errors(tmp_path, capsys):
     assert "line 2: the entity column 'firm' has a missing value" in _error_line(capsys)
 
     # a panel model saved from Python without the column names in its metadata
-    from bnmat.panel_table import load_panel_model, save_panel_model
+    from bnmat.panel.table import load_panel_model, save_panel_model
     bare = tmp_path / "bare.npz"
     save_panel_model(bare, load_panel_model(model))
     assert main(["predict", str(bare), path]) == 2

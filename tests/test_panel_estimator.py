@@ -16,15 +16,15 @@ import pytest
 from _doc_examples import check_doc_examples
 
 import bnmat.train
-from bnmat._panel_inputs import label_codes
+from bnmat.panel._inputs import label_codes
 from bnmat.datasets import read_table
 from bnmat.ops import UnseenGroupWarning
-from bnmat.panel_estimator import PanelBNMLPRegressor
-from bnmat.panel_model import (
+from bnmat.panel.estimator import PanelBNMLPRegressor
+from bnmat.panel.model import (
     AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
     fit_panel, within_r2_score,
 )
-from bnmat.panel_table import (
+from bnmat.panel.table import (
     fit_panel_from_table, load_panel_model, predict_panel_table, save_panel_model,
 )
 

@@ -9,7 +9,7 @@ layers       layer configurations and ``Sequential``
 train        ``value_and_grad``, ``fit``
 optim        optimizers as ``(init, update)`` pairs
 estimators   scikit-learn estimators
-panel        group indices, segment sums, within-group demeaning
+panel        unit structure: group indices, within transforms, panel models and estimator
 
 The public names below are imported lazily, so ``import bnmat`` stays cheap and
 optional dependencies (scikit-learn, matplotlib) load only when used.
@@ -35,11 +35,11 @@ _LAZY = {
     "save": "io", "load": "io", "register_layer": "io",
     # estimators
     "BNMLPRegressor": "estimators", "BNMLPClassifier": "estimators",
-    "PanelBNMLPRegressor": "panel_estimator",
+    "PanelBNMLPRegressor": "panel.estimator",
     # panel models
-    "fit_panel": "panel_model", "within_r2_score": "panel_model",
-    "NotIdentifiedError": "panel_model", "AbsorbedFeaturesError": "panel_model",
-    "CollinearFeaturesError": "panel_model", "SmallGroupsError": "panel_model",
+    "fit_panel": "panel.model", "within_r2_score": "panel.model",
+    "NotIdentifiedError": "panel.model", "AbsorbedFeaturesError": "panel.model",
+    "CollinearFeaturesError": "panel.model", "SmallGroupsError": "panel.model",
     # checking
     "check_grad": "gradcheck", "check_vjp": "gradcheck", "numerical_grad": "gradcheck",
     "GradCheckReport": "gradcheck", "assert_vjp": "gradcheck",
@@ -47,7 +47,6 @@ _LAZY = {
 }
 _SUBMODULES = (
     "jacobians", "gradcheck", "layers", "train", "optim", "io", "estimators", "panel", "datasets",
-    "panel_model", "panel_table", "panel_estimator",
 )
 
 __all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim, train
-from ._mlp import Scaling, build_mlp, fit_scaling
+from .layers._mlp import Scaling, build_mlp, fit_scaling
 from .cli import UsageError
 from .datasets import MISSING, WAGE_PANEL_DROP, read_table, wage_panel_path
 

@@ -4,8 +4,8 @@ The model, for unit i in period t, is ::
 
     y_it = α_i (+ τ_t) + x_lin,itᵀ b + f(x_nn,it) + e_it
 
-fitted by :func:`bnmat.panel_model.fit_panel` (the within estimator) on the
-columns of the CSV file, and written by :func:`bnmat.panel_table.save_panel_model`.
+fitted by :func:`bnmat.panel.model.fit_panel` (the within estimator) on the
+columns of the CSV file, and written by :func:`bnmat.panel.table.save_panel_model`.
 The command line adds what a script would do around them:
 
 * a validation split made for panel data: the **last periods** of every unit
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._panel_inputs import label_codes
+from .panel._inputs import label_codes
 from .cli import UsageError
 from .datasets import MISSING
 from .ops.group_batchnorm_inference import UnseenGroupWarning
-from .panel_model import SmallGroupsError, fit_panel, within_r2_score
-from .panel_table import load_panel_model, save_panel_model
+from .panel.model import SmallGroupsError, fit_panel, within_r2_score
+from .panel.table import load_panel_model, save_panel_model
 
 __all__ = ["run_fit_panel", "run_predict_panel"]
 
@@ -52,7 +52,7 @@ def _labels(table, name: str, role: str) -> np.ndarray:
 
     A missing cell is an error naming its line. A model fitted on integer
     labels still finds them in a column that also has text (and the reverse):
-    :meth:`bnmat.panel_model.PanelModel.predict` matches an integer and its
+    :meth:`bnmat.panel.model.PanelModel.predict` matches an integer and its
     decimal text.
     """
     cells = [c.strip() for c in table.column(name)]

@@ -200,7 +200,7 @@ def _run_gradcheck(args) -> int:
     import numpy as np
 
     from . import train
-    from ._mlp import build_mlp
+    from .layers._mlp import build_mlp
     from .gradcheck import check_grad
 
     if any(h < 1 for h in args.hidden):

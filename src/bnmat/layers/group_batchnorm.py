@@ -60,7 +60,7 @@ from .. import ops
 from .._array_api import get_namespace
 from ..ops.group_batchnorm import GroupBatchNormCache
 from ..ops.group_batchnorm_inference import GroupBatchNormInferenceCache, GroupStatistics
-from ..panel import GroupIndex, ghost_batch_labels, group_index
+from .._segments import GroupIndex, ghost_batch_labels, group_index
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
 

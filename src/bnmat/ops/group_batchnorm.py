@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._array_api import Array, as_float, check_2d, check_vector, get_namespace, is_numpy
-from ..panel import GroupIndex, group_index, segment_sum
+from .._segments import GroupIndex, group_index, segment_sum
 from .batchnorm import BatchNormGrads, check_ddof, check_eps
 
 __all__ = [

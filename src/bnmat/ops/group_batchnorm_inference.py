@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._array_api import Array, check_2d
-from ..panel import group_index
+from .._segments import group_index
 from .batchnorm import BatchNormGrads, check_eps
 from .group_batchnorm import GroupBatchNormCache, _label, _numpy_float, _param
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._array_api import Array
-from ..panel import demean
+from .._segments import demean
 
 __all__ = ["WithinCache", "within_sse_forward", "within_sse_backward"]
 

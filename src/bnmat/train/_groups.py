@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..panel import GroupIndex, _label_array as label_array
+from .._segments import GroupIndex, _label_array as label_array
 
 __all__ = ["as_factors", "take_factors", "group_batches", "group_holdout", "for_layers",
            "for_loss"]

@@ -4,7 +4,7 @@
 ``bnmat fit DATA.csv --target y --entity COL [--time COL] [--linear COL ...]``
 to the columns of a table that :func:`bnmat.datasets.read_table` reads (the
 command line parses the same columns itself, to split off validation rows,
-and calls :func:`bnmat.panel_model.fit_panel` on the training rows);
+and calls :func:`bnmat.panel.model.fit_panel` on the training rows);
 :func:`save_panel_model` writes either, and ``bnmat predict`` on such a file
 is :func:`load_panel_model` followed by predictions like those of
 :func:`predict_panel_table`. Nothing here needs scikit-learn.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._mlp import Scaling
-from .io import load, save
-from .panel_model import EFFECTS, PanelModel, fit_panel
+from ..layers._mlp import Scaling
+from ..io import load, save
+from .model import EFFECTS, PanelModel, fit_panel
 
 __all__ = ["fit_panel_from_table", "predict_panel_table", "save_panel_model",
            "load_panel_model", "PANEL_FORMAT"]
@@ -73,7 +73,7 @@ def fit_panel_from_table(table, target: str, *, entity: str, time: str | None = 
     effects : {"entity", "twoway", "none"}, optional
         Default "twoway" with ``time``, else "entity".
     **options
-        Passed to :func:`bnmat.panel_model.fit_panel` (``hidden``,
+        Passed to :func:`bnmat.panel.model.fit_panel` (``hidden``,
         ``activation``, ``solver``, ``alpha``, ``batch_size``,
         ``learning_rate``, ``max_iter``, ``seed``, ``group_batchnorm``, …).
 
@@ -86,7 +86,7 @@ def fit_panel_from_table(table, target: str, *, entity: str, time: str | None = 
     ------
     ValueError
         Unknown columns, non-numeric or missing cells (naming the line), and
-        every error of :func:`~bnmat.panel_model.fit_panel`.
+        every error of :func:`~bnmat.panel.model.fit_panel`.
     """
     linear = [linear] if isinstance(linear, str) else list(linear)
     _require(table, [target, entity] + ([time] if time else []) + list(drop), "the panel")
@@ -127,7 +127,7 @@ def predict_panel_table(model: PanelModel, table, *, entity: str | None = None,
         Must have every feature column; other columns are ignored.
     entity, time : str, optional
         Label columns: rows of units (periods) seen in training get their
-        effects, others none (the average unit, see :mod:`bnmat.panel_model`).
+        effects, others none (the average unit, see :mod:`bnmat.panel.model`).
 
     Returns
     -------

@@ -10,8 +10,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .layers import BatchNorm, Dense, Identity, LeakyReLU, ReLU, Sequential, Sigmoid, Softplus, Tanh
-from .ops.batchnorm import column_moments
+from . import BatchNorm, Dense, Identity, LeakyReLU, ReLU, Sequential, Sigmoid, Softplus, Tanh
+from ..ops.batchnorm import column_moments
 
 __all__ = ["ACTIVATIONS", "Scaling", "build_mlp", "fit_scaling"]
 

@@ -1,7 +1,7 @@
 """scikit-learn estimator for panel data: fixed-effects and partially linear networks.
 
 :class:`PanelBNMLPRegressor` fits ``y_it = α_i (+ τ_t) + x_linᵀ b + f(x_nn) + e_it``
-by the within estimator (:mod:`bnmat.panel_model` has the mathematics). It
+by the within estimator (:mod:`bnmat.panel.model` has the mathematics). It
 takes the parameters of :class:`bnmat.BNMLPRegressor` and adds the panel's
 structure: ``fit(X, y, groups=units, time=periods)``.
 
@@ -20,8 +20,8 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .estimators import _BNMLPBase
-from .panel_model import EFFECTS, fit_panel, within_r2_score
+from ..estimators._base import _BNMLPBase
+from .model import EFFECTS, fit_panel, within_r2_score
 
 __all__ = ["PanelBNMLPRegressor"]
 
@@ -57,11 +57,11 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
         Columns entering linearly, by index or by name (DataFrame columns).
         Their coefficients are reported in ``coef_linear_`` and are not
         penalized by ``alpha``. A column the effects absorb raises
-        :class:`~bnmat.panel_model.AbsorbedFeaturesError` (a ``ValueError``),
+        :class:`~bnmat.panel.model.AbsorbedFeaturesError` (a ``ValueError``),
         as in ``linearmodels``: under unit effects a column that does not vary
         within units (a time-invariant regressor), under two-way effects also
         a unit level plus a common period trend (years of experience).
-        Collinear columns raise :class:`~bnmat.panel_model.CollinearFeaturesError`.
+        Collinear columns raise :class:`~bnmat.panel.model.CollinearFeaturesError`.
     network_features : list of int or str, optional
         Columns entering the network; default: all columns not in
         ``linear_features``; ``[]`` gives no network (the linear model).
@@ -104,7 +104,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
     intercept_ : float
         The constant in ``ŷ = intercept_ + x_linᵀ b + f(x_nn) + α̂_i (+ τ̂_t)``
         (b on the original scales; f the network branch's output on y's scale).
-    model_ : bnmat.panel_model.PanelModel
+    model_ : bnmat.panel.model.PanelModel
         Everything fitted, including ``net``, ``params`` and ``state``.
     net_, params_, state_, x_scaling_, y_scaling_
         Shortcuts into ``model_``.
@@ -222,9 +222,9 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         ------
         ValueError
             Missing labels, unidentified linear coefficients
-            (:class:`~bnmat.panel_model.NotIdentifiedError`), a unit with too
+            (:class:`~bnmat.panel.model.NotIdentifiedError`), a unit with too
             few rows for ``group_batchnorm``
-            (:class:`~bnmat.panel_model.SmallGroupsError`), NaN or infinity,
+            (:class:`~bnmat.panel.model.SmallGroupsError`), NaN or infinity,
             fewer than 2 samples, invalid hyperparameters, divergence.
         """
         hidden = self._check_params()
@@ -339,7 +339,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         M removes the means of ``groups`` (and of ``time`` for a two-way
         model) within the rows given, so the effects do not matter: it scores
         how well ``x_linᵀ b + f(x_nn)`` tracks the units' changes. See
-        :func:`bnmat.panel_model.within_r2_score`.
+        :func:`bnmat.panel.model.within_r2_score`.
 
         Parameters
         ----------

@@ -1,6 +1,6 @@
 """Input checks for panel models: unit and period labels, feature columns, identification.
 
-Shared by :mod:`bnmat.panel_model` and :mod:`bnmat.panel_table`; NumPy only.
+Shared by :mod:`bnmat.panel.model` and :mod:`bnmat.panel.table`; NumPy only.
 
 The errors about the model's specification are :class:`ValueError` subclasses
 that carry what went wrong (the columns, the units) and whose messages name no
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .panel import demean
+from .._segments import demean
 
 __all__ = ["encode_labels", "label_codes", "lookup_effects", "resolve_columns",
            "check_identified", "check_group_sizes", "NotIdentifiedError",

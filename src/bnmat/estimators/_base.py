@@ -24,9 +24,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import optim, train
-from ._mlp import ACTIVATIONS, Scaling, build_mlp, fit_scaling
-from .ops.losses import log_softmax
+from .. import optim, train
+from ..layers._mlp import ACTIVATIONS, Scaling, build_mlp, fit_scaling
+from ..ops.losses import log_softmax
 
 __all__ = ["BNMLPRegressor", "BNMLPClassifier"]
 

@@ -32,7 +32,7 @@ for ``effects="entity"``; its least-squares problem is solved directly
 the coefficients are exact whatever the solver options.
 
 :class:`bnmat.PanelBNMLPRegressor` wraps :func:`fit_panel` in the scikit-learn
-API; :mod:`bnmat.panel_table` reads the same models from CSV tables for the
+API; :mod:`bnmat.panel.table` reads the same models from CSV tables for the
 command line.
 """
 
@@ -44,16 +44,16 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from . import optim, train
-from ._mlp import Scaling, fit_scaling
-from ._panel_inputs import (
+from .. import optim, train
+from ..layers._mlp import Scaling, fit_scaling
+from ._inputs import (
     AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
     check_group_sizes, check_identified, encode_labels, label_codes, lookup_effects,
     resolve_columns,
 )
-from .layers import partially_linear, tree_leaves
-from .ops.group_batchnorm_inference import UnseenGroupWarning
-from .panel import demean, recover_effects
+from ..layers import partially_linear, tree_leaves
+from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from .._segments import demean, recover_effects
 
 __all__ = ["PanelModel", "fit_panel", "within_r2_score", "EFFECTS", "NotIdentifiedError",
            "AbsorbedFeaturesError", "CollinearFeaturesError", "SmallGroupsError"]
