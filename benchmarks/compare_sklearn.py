@@ -115,7 +115,7 @@ def cli_split(seeds) -> None:
     import tempfile
 
     from bnmat import load
-    from bnmat._cli_fit import _split
+    from bnmat.cli.fit import _split
     from bnmat.cli import main as bnmat_main
 
     panel = load_wage_panel()

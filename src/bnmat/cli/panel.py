@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .panel._inputs import label_codes
-from .cli import UsageError
-from .datasets import MISSING
-from .ops.group_batchnorm_inference import UnseenGroupWarning
-from .panel.model import SmallGroupsError, fit_panel, within_r2_score
-from .panel.table import load_panel_model, save_panel_model
+from ..panel._inputs import label_codes
+from ._common import UsageError
+from ..datasets import MISSING
+from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from ..panel.model import SmallGroupsError, fit_panel, within_r2_score
+from ..panel.table import load_panel_model, save_panel_model
 
 __all__ = ["run_fit_panel", "run_predict_panel"]
 
@@ -202,7 +202,7 @@ def _within_r2(model, x, y, ent, per, rows) -> float:
 
 def run_fit_panel(args) -> int:
     """``bnmat fit --entity COL``: a fixed-effects network; metrics, coefficients, model file."""
-    from ._cli_fit import _fmt_metric, _json_float, _load_training_table, _plot
+    from .fit import _fmt_metric, _json_float, _load_training_table, _plot
 
     if args.classify:
         raise UsageError("--classify cannot be used with --entity: panel models are "
@@ -307,7 +307,7 @@ def _unseen_note(labels, known, what: str) -> str | None:
 
 def run_predict_panel(args, meta) -> int:
     """``bnmat predict`` with a panel model: effects for seen units, f alone for new ones."""
-    from ._cli_fit import write_predictions
+    from .fit import write_predictions
 
     entity, time = meta.get("entity"), meta.get("time")
     if not entity:
@@ -317,7 +317,7 @@ def run_predict_panel(args, meta) -> int:
             "COL or None, 'target': COL}) or with bnmat fit --entity")
     model = load_panel_model(args.model)
     target = meta.get("target") or "prediction"
-    from .datasets import read_table
+    from ..datasets import read_table
 
     table = read_table(args.data)
     features = list(model.feature_names)

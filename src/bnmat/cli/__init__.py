@@ -2,7 +2,7 @@
 
 Run ``bnmat <command> --help`` for the options; ``docs/cli.md`` has examples.
 ``bnmat fit --entity COL [--time COL] [--linear COL ...]`` fits a fixed-effects
-network to panel data (:mod:`bnmat._cli_panel`).
+network to panel data (:mod:`bnmat.cli.panel`).
 Bad input (a missing file, an unparsable number, a missing or extra column,
 NaN, too few rows) ends with one line ``bnmat: error: ...`` on stderr and exit
 status 2, never a traceback. Set ``BNMAT_TRACEBACK=1`` to see the traceback of
@@ -16,14 +16,9 @@ import os
 import sys
 import warnings
 
-__all__ = ["main", "build_parser"]
+from ._common import DEFAULT_MODEL, UsageError
 
-#: Default file that ``bnmat fit`` writes the model to (in the working directory).
-DEFAULT_MODEL = "bnmat-model.npz"
-
-
-class UsageError(ValueError):
-    """Bad input from the user: reported in one line with exit status 2."""
+__all__ = ["main", "build_parser", "UsageError"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bnmat",
         description="Batch-normalized neural networks with backpropagation in closed matrix form.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"bnmat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -161,14 +156,14 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     try:
         if args.command == "fit":
-            from ._cli_fit import run_fit
+            from .fit import run_fit
             return run_fit(args)
         if args.command == "predict":
-            from ._cli_fit import run_predict
+            from .fit import run_predict
             return run_predict(args)
         if args.command == "gradcheck":
             return _run_gradcheck(args)
-        from .demo import run_demo
+        from ..demo import run_demo
         return run_demo()
     except KeyboardInterrupt:
         print("bnmat: interrupted", file=sys.stderr)
@@ -199,9 +194,9 @@ def _one_line(exc: BaseException) -> str:
 def _run_gradcheck(args) -> int:
     import numpy as np
 
-    from . import train
-    from .layers._mlp import build_mlp
-    from .gradcheck import check_grad
+    from .. import train
+    from ..gradcheck import check_grad
+    from ..layers._mlp import build_mlp
 
     if any(h < 1 for h in args.hidden):
         raise UsageError(f"--hidden widths must be >= 1; got {args.hidden}")

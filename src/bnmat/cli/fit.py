@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim, train
-from .layers._mlp import Scaling, build_mlp, fit_scaling
-from .cli import UsageError
-from .datasets import MISSING, WAGE_PANEL_DROP, read_table, wage_panel_path
+from .. import optim, train
+from ..layers._mlp import Scaling, build_mlp, fit_scaling
+from ._common import UsageError
+from ..datasets import MISSING, WAGE_PANEL_DROP, read_table, wage_panel_path
 
 __all__ = ["run_fit", "run_predict"]
 
@@ -143,11 +143,11 @@ def run_fit(args) -> int:
     """``bnmat fit``: train, print metrics, write the model (and the plot).
 
     With ``--entity`` the model is a fixed-effects network
-    (:func:`bnmat._cli_panel.run_fit_panel`).
+    (:func:`bnmat.cli.panel.run_fit_panel`).
     """
     _check_training_options(args)
     if getattr(args, "entity", None) is not None:
-        from ._cli_panel import run_fit_panel
+        from .panel import run_fit_panel
 
         return run_fit_panel(args)
     given = [flag for name, flag in _PANEL_ONLY if getattr(args, name, None)]
@@ -265,7 +265,7 @@ def _run_fit_plain(args) -> int:
                     "name": "accuracy" if classify else "r2"},
         "data": "bundled:wage_panel.csv.gz" if args.data is None else str(args.data),
     }
-    from . import io as bnio
+    from .. import io as bnio
 
     out = Path(args.output)
     bnio.save(out, net, params, state, metadata=metadata)
@@ -327,12 +327,12 @@ def _plot(history, path, loss: str, task: str, ylabel: str | None = None) -> Non
 
 def run_predict(args) -> int:
     """``bnmat predict``: predictions for the rows of a CSV file."""
-    from . import io as bnio
+    from .. import io as bnio
 
     saved = bnio.load(args.model)
     meta = saved.metadata or {}
     if "panel" in meta:
-        from ._cli_panel import run_predict_panel
+        from .panel import run_predict_panel
 
         return run_predict_panel(args, meta)
     if meta.get("bnmat_cli") != CLI_FORMAT:
