@@ -10,13 +10,15 @@ whole data. Nothing is compared here.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
 import numpy as np
 
 import bnmat
-from bnmat.distributed import MPIReducer
+from bnmat.distributed import MPIReducer, TorchDistributedReducer
+from bnmat.train._distributed import distributed_value_and_grad
 from bnmat.layers import GroupBatchNorm, tree_leaves
 
 #: Group sizes of the group-batch-norm data; the first five sum to 37 and the
@@ -68,6 +70,16 @@ def run_cases(cases, red, lo, hi, out):
             v, g, _ = bnmat.value_and_grad(net, params, state, xs, ys, "mse", training=False,
                                            l2=0.1, reducer=red)
             res["inference_loss"], res["inference_grads"] = np.asarray(v), flat(g)
+        elif case == "bytes":
+            # what one training step exchanges (input checks done once, as in fit)
+            net = bn_net()
+            params, state = net.init(x, seed=1)
+            calls, nbytes = red.stats.calls, red.stats.bytes
+            distributed_value_and_grad(net, params, state, xs, ys, "sse", reducer=red,
+                                       _counts=[x.shape[0]])
+            res["calls"] = np.asarray(red.stats.calls - calls)
+            res["bytes"] = np.asarray(red.stats.bytes - nbytes)
+            res["n_params"] = np.asarray(flat(params).size)
         elif case == "unsynced":
             # What naive data parallelism computes: each rank's own batch norm
             # statistics, gradients summed. The tests show it is not the answer.
@@ -141,7 +153,16 @@ def run_cases(cases, red, lo, hi, out):
 
 def main(argv):
     out, sizes, cases = argv[0], [int(s) for s in argv[1].split(",")], argv[2:]
-    red = MPIReducer()
+    if os.environ.get("BNMAT_TEST_REDUCER") == "torch":
+        # gloo on the CPU; mpiexec only starts the processes (PMI_RANK, PMI_SIZE)
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"file://{out}/torch-store",
+                                rank=int(os.environ["PMI_RANK"]),
+                                world_size=int(os.environ["PMI_SIZE"]))
+        red = TorchDistributedReducer()
+    else:
+        red = MPIReducer()
     if red.size != len(sizes):
         red.abort(f"expected {len(sizes)} ranks, got {red.size}")
     lo = sum(sizes[:red.rank])
