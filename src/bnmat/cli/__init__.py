@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--plot", metavar="PATH",
                      help="write a PNG of the training and validation loss curves")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.add_argument("--distributed", action="store_true",
+                     help="data-parallel over MPI: run as mpiexec -n K bnmat fit ... "
+                          "--distributed; each rank reads its slice, rank 0 writes the model "
+                          "(needs bnmat[mpi]; regression only)")
     panel = fit.add_argument_group(
         "panel data (fixed effects)",
         "With --entity, fit y = α_i (+ τ_t) + x_linᵀb + f(x_nn) by the within estimator: "

@@ -146,6 +146,10 @@ def run_fit(args) -> int:
     (:func:`bnmat.cli.panel.run_fit_panel`).
     """
     _check_training_options(args)
+    if getattr(args, "distributed", False):   # mpiexec -n K bnmat fit ... --distributed
+        from ._cli_distributed import run_fit_distributed
+
+        return run_fit_distributed(args)
     if getattr(args, "entity", None) is not None:
         from .panel import run_fit_panel
 

@@ -75,7 +75,10 @@ def batchnorm_relu_forward(bn_layer, params, state, relu_params, x):
         two layers' caches.
     """
     from .. import _kernels
+    from ._sync import active_reducer
 
+    if active_reducer() is not None:   # rows on several ranks: BatchNorm.forward reduces
+        return None
     check_keys(params, ("gamma", "beta"), bn_layer)
     gamma, beta = params["gamma"], params["beta"]
     if not _kernels.wants(x, gamma, beta):

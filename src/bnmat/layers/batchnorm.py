@@ -39,6 +39,7 @@ from .._array_api import get_namespace
 from ..ops.batchnorm import BatchNormCache
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
+from ._sync import SyncBatchNormCache, active_reducer
 
 __all__ = ["BatchNorm"]
 
@@ -143,6 +144,12 @@ class BatchNorm:
                 x, params["gamma"], params["beta"], state["mean"], state["var"], eps=self.eps
             )
             return y, state, cache
+        reducer = active_reducer()
+        if reducer is not None:   # rows on several processes: the whole batch's statistics
+            from ._sync import sync_batchnorm_forward
+            y, cache = sync_batchnorm_forward(x, params["gamma"], params["beta"], eps=self.eps,
+                                              ddof=self.ddof, reducer=reducer)
+            return y, self._updated_state(state, cache.mean, cache.var), cache
         y, cache = ops.batchnorm_forward(
             x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof
         )
@@ -166,7 +173,10 @@ class BatchNorm:
             # From a forward pass fused with the ReLU after it (Sequential);
             # this layer's own backward is plain batch norm's.
             cache = cache.without_relu()
-        if isinstance(cache, BatchNormCache):
+        if isinstance(cache, SyncBatchNormCache):
+            from ._sync import sync_batchnorm_backward
+            dx, dgamma, dbeta = sync_batchnorm_backward(dy, cache)
+        elif isinstance(cache, BatchNormCache):
             dx, dgamma, dbeta = ops.batchnorm_backward(dy, cache)
         else:
             dx, dgamma, dbeta = ops.batchnorm_inference_backward(dy, cache)
@@ -200,6 +210,10 @@ class BatchNorm:
         """
         check_keys(params, ("gamma", "beta"), self)
         xs = list(xs)
+        reducer = active_reducer()
+        if reducer is not None:   # rows on several processes
+            from ._sync import sync_population_moments
+            return sync_population_moments(self, params, state, xs, reducer)
         if len(xs) == 1:
             y, cache = ops.batchnorm_forward(
                 xs[0], params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof

@@ -63,6 +63,7 @@ from ..ops.group_batchnorm_inference import GroupBatchNormInferenceCache, GroupS
 from .._segments import GroupIndex, ghost_batch_labels, group_index
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
+from ._sync import EmptyGroupCache, active_reducer
 
 __all__ = ["GroupBatchNorm"]
 
@@ -220,6 +221,9 @@ class GroupBatchNorm:
                 "and takes no groups=; use GroupBatchNorm() without ghost for labelled groups"
             )
         gamma, beta = params["gamma"], params["beta"]
+        if training and active_reducer() is not None:   # rows on several processes
+            from ._sync import sync_group_forward
+            return sync_group_forward(self, params, state, x, groups, active_reducer())
         if training:
             index = self._training_index(x, groups)
             y, cache = ops.group_batchnorm_forward(x, index, gamma, beta,
@@ -251,6 +255,9 @@ class GroupBatchNorm:
         grads : dict
             ``{"gamma": (p,), "beta": (p,)}``.
         """
+        if isinstance(cache, EmptyGroupCache):   # a rank without rows in this batch
+            zero = np.zeros(cache.p, dtype=cache.dtype)
+            return np.zeros((0, cache.p), dtype=cache.dtype), {"gamma": zero, "beta": zero}
         if isinstance(cache, GroupBatchNormCache):
             dx, dgamma, dbeta = ops.group_batchnorm_backward(dy, cache)
         elif isinstance(cache, GroupBatchNormInferenceCache):
@@ -285,6 +292,9 @@ class GroupBatchNorm:
         check_keys(params, _PARAMS, self)
         check_keys(state, _STATE, self, "state")
         xs = list(xs)
+        if active_reducer() is not None:   # rows on several processes
+            from ._sync import sync_group_population
+            return sync_group_population(self, params, state, xs, groups, active_reducer())
         sizes = np.cumsum([int(x.shape[0]) for x in xs])[:-1]
         x = xs[0] if len(xs) == 1 else np.concatenate([np.asarray(x) for x in xs])
         gamma, beta = params["gamma"], params["beta"]

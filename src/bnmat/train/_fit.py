@@ -156,7 +156,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         early_stopping: bool = False, patience: int = 10, tol: float = 1e-4,
         seed=0, shuffle: bool = True, callback: Callable | None = None,
         progress: bool = True, drop_last: str = "merge",
-        population_stats: bool = True, groups=None) -> FitResult:
+        population_stats: bool = True, groups=None, reducer=None) -> FitResult:
     """Train a network with a first-order optimizer, in full or mini-batches.
 
     Each epoch visits the training rows once, in mini-batches drawn from a
@@ -229,6 +229,16 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         with the group's label; merge such groups or drop them first. Under a
         within loss a group of one row is allowed and contributes nothing
         (its own effect fits it exactly).
+    reducer : bnmat.distributed reducer, optional
+        Data-parallel training: ``x``, ``y`` (and ``groups``,
+        ``validation_data``) are this rank's rows, rank r holding rows
+        ``o_r … o_r + N_r − 1`` of the whole data in rank order. Each step uses
+        the loss and gradients of the whole mini-batch (the same rows one
+        process would draw with this ``seed``), all ranks take the same step
+        (the parameters are checked to be identical after every step), and
+        the result equals one process's on the concatenated data. The
+        progress bar shows on rank 0 only; ``validation_fraction`` is not
+        supported (pass ``validation_data``). See ``docs/scaling.md``.
 
     Returns
     -------
@@ -247,7 +257,6 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     ValueError
         Bad input (NaN, wrong shapes, a batch of one row in training mode, …).
     """
-    x, y = check_xy(x, y)
     epochs = positive_int(epochs, "epochs")
     patience = positive_int(patience, "patience")
     batch_size = check_batch_size(batch_size)
@@ -258,6 +267,17 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         raise ValueError(f"drop_last must be one of {_DROP_LAST}; got {drop_last!r}")
     if not (isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 1):
         raise ValueError(f"validation_fraction must lie in [0, 1); got {validation_fraction!r}")
+    if reducer is not None:
+        from ._distributed import distributed_fit, is_distributed
+        if is_distributed(reducer):
+            return distributed_fit(
+                net, params, state, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+                batch_size=batch_size, l2=l2, validation_data=validation_data,
+                validation_fraction=validation_fraction, early_stopping=early_stopping,
+                patience=patience, tol=tol, seed=seed, shuffle=shuffle, callback=callback,
+                progress=progress, drop_last=drop_last, population_stats=population_stats,
+                groups=groups, reducer=reducer)
+    x, y = check_xy(x, y)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
     optimizer = adam(1e-3) if optimizer is None else optimizer

@@ -147,7 +147,7 @@ def check_l2(l2) -> float:
 
 
 def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = True,
-                   l2: float = 0.0, groups=None):
+                   l2: float = 0.0, groups=None, reducer=None):
     """The loss of a network and its gradient with respect to every parameter.
 
     Forward through ``net`` (training or inference mode), the loss, then the
@@ -187,6 +187,14 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         ``(unit, period)``). Layers that read labels
         (:class:`~bnmat.layers.GroupBatchNorm`) get the first factor; the
         within losses project out all factors; other layers ignore them.
+    reducer : bnmat.distributed reducer, optional
+        Rows spread over processes: ``x`` and ``y`` are this rank's rows, and
+        the loss, gradients and new state are those of all ranks' rows
+        concatenated (batch norms use the whole batch's statistics; SSE sums
+        over all rows, MSE divides by the total count), identical on every
+        rank. Losses "sse", "mse" and "softmax_cross_entropy"; a rank may hold
+        no rows. None or a reducer of size 1: the ordinary path. See
+        :mod:`bnmat.distributed` and ``docs/scaling.md``.
 
     Returns
     -------
@@ -201,6 +209,12 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         From the ops: a training batch with fewer than 2 rows, non-finite
         values, non-conforming shapes.
     """
+    if reducer is not None:
+        from ._distributed import distributed_value_and_grad, is_distributed
+        if is_distributed(reducer):
+            return distributed_value_and_grad(net, params, state, x, y, loss,
+                                              training=training, l2=l2, groups=groups,
+                                              reducer=reducer)
     l2 = check_l2(l2)
     factors = as_factors(groups, x.shape[0])
     forward, backward, name = resolve_loss(loss, for_loss(factors))

@@ -20,7 +20,7 @@ __all__ = ["fit_lbfgs"]
 
 def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter: int = 200,
               tol: float = 1e-7, callback: Callable | None = None,
-              population_stats: bool = True, groups=None) -> FitResult:
+              population_stats: bool = True, groups=None, reducer=None) -> FitResult:
     """Full-batch training by L-BFGS-B (:func:`scipy.optimize.minimize`) with exact gradients.
 
     The parameters are flattened into one float64 vector θ; each evaluation
@@ -43,6 +43,10 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
         ``callback(iteration, logs)`` after each iteration with ``logs``
         ``{"loss", "val_loss": None, "params", "state"}``; returning True stops.
     population_stats : bool, default True
+    reducer : bnmat.distributed reducer, optional
+        ``x`` and ``y`` are this rank's rows; the objective and its gradient
+        are those of all ranks' rows, so every rank takes the same iterates
+        (checked at every evaluation). See :mod:`bnmat.distributed`.
 
     Returns
     -------
@@ -56,9 +60,16 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     """
     from scipy.optimize import minimize
 
-    x, y = check_xy(x, y)
     max_iter = positive_int(max_iter, "max_iter")
     l2 = check_l2(l2)
+    if reducer is not None:
+        from ._distributed import distributed_fit_lbfgs, is_distributed
+        if is_distributed(reducer):
+            return distributed_fit_lbfgs(net, params, state, x, y, loss=loss, l2=l2,
+                                         max_iter=max_iter, tol=tol, callback=callback,
+                                         population_stats=population_stats, groups=groups,
+                                         reducer=reducer)
+    x, y = check_xy(x, y)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
     leaves = tree_leaves(params)

@@ -10,7 +10,8 @@ from ._groups import as_factors
 __all__ = ["population_statistics"]
 
 
-def population_statistics(net, params, state, x, *, batch_size=None, groups=None):
+def population_statistics(net, params, state, x, *, batch_size=None, groups=None,
+                          reducer=None):
     """Replace every batch norm's stored statistics by exact full-data statistics.
 
     Runs the network in training mode on all rows of ``x``, layer by layer, and
@@ -34,6 +35,9 @@ def population_statistics(net, params, state, x, *, batch_size=None, groups=None
         Group labels of the rows, as in :func:`bnmat.value_and_grad`; each
         :class:`~bnmat.layers.GroupBatchNorm` gets the first factor and stores
         the exact statistics of every group in ``x`` (and the pooled ones).
+    reducer : bnmat.distributed reducer, optional
+        ``x`` is this rank's rows (possibly none); the statistics are those of
+        all ranks' rows, identical on every rank (see :mod:`bnmat.distributed`).
 
     Returns
     -------
@@ -41,8 +45,14 @@ def population_statistics(net, params, state, x, *, batch_size=None, groups=None
         ``state`` with ``mean`` and ``var`` replaced in every batch norm (its
         ``count`` kept); ``state`` itself is not modified.
     """
-    x = check_x(x)
     batch_size = check_batch_size(batch_size)
+    if reducer is not None:
+        from ._distributed import distributed_population_statistics, is_distributed
+        if is_distributed(reducer):
+            return distributed_population_statistics(net, params, state, x,
+                                                     batch_size=batch_size, groups=groups,
+                                                     reducer=reducer)
+    x = check_x(x)
     chunks = row_chunks(x.shape[0], batch_size)
     xs = [take_rows(x, idx) for idx in chunks]
     factors = as_factors(groups, x.shape[0])

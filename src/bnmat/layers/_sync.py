@@ -1,0 +1,378 @@
+"""Batch norm over rows held by several processes: the statistics and sums are reduced.
+
+A training step with a reducer (see :mod:`bnmat.distributed`) runs inside
+:func:`synchronized`; while it is active, the training-mode ``forward`` of
+:class:`~bnmat.layers.BatchNorm` and :class:`~bnmat.layers.GroupBatchNorm`
+use the statistics of the **whole** batch (every rank's rows) instead of the
+rank's own. The layers never import :mod:`bnmat.distributed`: a reducer is
+any object with ``allreduce`` (a sum of a float64 buffer, identical on every
+rank), ``allgather`` and ``size``.
+
+What is exchanged, per batch-norm layer with p columns
+-------------------------------------------------------
+Forward, the exact two-pass moments of ``Z`` (the same corrected two-pass
+algorithm as :func:`bnmat.ops.column_moments`, its sums split over ranks)::
+
+    all-reduce 1: [n_r, 1ᵀZ_r]                → N, m = 1ᵀZ/N            (1 + p floats)
+    all-reduce 2: [1ᵀD_r, 1ᵀ(D_r∘D_r)],  D = Z − 1mᵀ
+                  → μ = m + 1ᵀD/N,  σ² = (1ᵀ(D∘D) − (1ᵀD)²/N)/(N − ddof)   (2p floats)
+
+Exact sums with a second pass were chosen over merging per-rank
+``(n_r, μ_r, M2_r)`` by Chan's formula: they use all-reduce only (no
+all-gather whose size grows with the number of ranks) and reproduce the
+single-process algorithm term by term, so the results agree with one process
+to rounding (≈1e-16 relative), also for a large mean and a small spread.
+
+Backward, the two column sums of the formula::
+
+    all-reduce 3: [1ᵀG_r, 1ᵀ(G_r∘Ẑ_r)]  → dβ, dγ of the whole batch     (2p floats)
+    dZ_r = [G_r − 1dβᵀ/N − Ẑ_r diag(dγ)/(N − ddof)] diag(γ ∘ s)
+
+The layer's returned parameter gradients are this rank's **contributions**
+``1ᵀG_r`` and ``1ᵀ(G_r∘Ẑ_r)``, like every other layer's (a Dense layer returns
+``X_rᵀ dY_r``): the training functions sum all parameter gradients in one
+flat all-reduce.
+
+Group-wise batch norm keeps every unit on one rank, so each group's
+statistics and its two backward sums are local; only the pooled statistics
+(two all-reduces) and the table of the batch's groups (one all-gather of
+labels, means and variances, for the running statistics) are exchanged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._array_api import as_float, check_2d, get_namespace
+
+__all__ = ["synchronized", "active_reducer", "SyncBatchNormCache", "sync_moments",
+           "sync_batchnorm_forward", "sync_batchnorm_backward",
+           "sync_group_forward", "sync_group_population"]
+
+_REDUCER: contextvars.ContextVar = contextvars.ContextVar("bnmat_reducer", default=None)
+
+
+def active_reducer():
+    """The reducer of the enclosing :func:`synchronized` block, or None."""
+    return _REDUCER.get()
+
+
+@contextmanager
+def synchronized(reducer):
+    """Within this block, batch norms in training mode use the whole batch across ranks.
+
+    ``reducer`` of size 1 (or None) changes nothing.
+    """
+    if reducer is None or int(reducer.size) == 1:
+        yield
+        return
+    token = _REDUCER.set(reducer)
+    try:
+        yield
+    finally:
+        _REDUCER.reset(token)
+
+
+class SyncBatchNormCache(NamedTuple):
+    x_hat: Any       # (N_r, p)  Ẑ_r, this rank's rows standardized with the global statistics
+    inv_std: Any     # (p,)      s = (σ² + ε)^(−1/2)
+    gamma: Any       # (p,)
+    mean: Any        # (p,)      μ of the whole batch
+    var: Any         # (p,)      σ² of the whole batch (ddof)
+    ddof: int
+    n_total: int     # N, rows on all ranks
+    reducer: Any
+
+
+def _as_matrix(x):
+    xp = get_namespace(x)
+    return xp, check_2d(as_float(x, "x", xp), "x")
+
+
+def sync_moments(reducer, xs, ddof: int):
+    """Mean and variance (divisor N − ddof) of the rows of ``xs`` on all ranks.
+
+    Parameters
+    ----------
+    reducer : reducer
+    xs : list of arrays, each (N_i, p); N_i = 0 allowed
+    ddof : int
+
+    Returns
+    -------
+    n : int
+        N, the rows on all ranks.
+    mean, var : arrays, shape (p,)
+        float64 accumulators (float64 also for float32 data).
+
+    Raises
+    ------
+    ValueError
+        On every rank alike: N < max(2, ddof + 1), or non-finite values in
+        any rank's rows.
+    """
+    xp = get_namespace(xs[0])
+    p = xs[0].shape[1]
+    n_local = sum(int(x.shape[0]) for x in xs)
+    s = np.zeros(p)
+    for x in xs:
+        if x.shape[0]:
+            s = s + np.asarray(xp.sum(x, axis=0, dtype=xp.float64))
+    tot = reducer.allreduce(np.concatenate([[float(n_local)], s]))
+    n = int(round(tot[0]))
+    if n < 2 or n - ddof < 1:
+        raise ValueError(
+            f"batch norm in training mode needs at least {max(2, ddof + 1)} rows to compute "
+            f"batch statistics (ddof={ddof}); got N={n} rows on all {reducer.size} ranks"
+        )
+    shift = tot[1:] / n
+    if not np.all(np.isfinite(shift)):
+        raise ValueError("Input x contains NaN or infinity (on at least one rank).")
+    s1, s2 = np.zeros(p), np.zeros(p)
+    for x in xs:
+        if x.shape[0]:
+            d = x - xp.asarray(shift, dtype=x.dtype)
+            s1 = s1 + np.asarray(xp.sum(d, axis=0, dtype=xp.float64))
+            s2 = s2 + np.asarray(xp.sum(d * d, axis=0, dtype=xp.float64))
+    tot = reducer.allreduce(np.concatenate([s1, s2]))
+    s1, s2 = tot[:p], tot[p:]
+    delta = s1 / n
+    mean = shift + delta
+    var = np.maximum((s2 - s1 * delta) / (n - ddof), 0.0)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        raise ValueError("Input x contains NaN or infinity, or its variance overflows "
+                         "(on at least one rank).")
+    return n, mean, var
+
+
+def sync_batchnorm_forward(x, gamma, beta, *, eps: float, ddof: int, reducer):
+    """Training-mode batch norm of this rank's rows with the whole batch's statistics.
+
+    Formula (μ, σ² from :func:`sync_moments`, s = (σ² + ε)^(−1/2))::
+
+        Ẑ_r = (Z_r − 1μᵀ) diag(s),   B_r = Ẑ_r diag(γ) + 1βᵀ
+
+    Parameters
+    ----------
+    x : array, shape (N_r, p), N_r ≥ 0
+    gamma, beta : array, shape (p,)
+    eps, ddof : as in :func:`bnmat.ops.batchnorm_forward`
+    reducer : reducer
+
+    Returns
+    -------
+    y : array, shape (N_r, p)
+    cache : SyncBatchNormCache
+    """
+    from ..ops.batchnorm import _check_param, _first, check_ddof, check_eps
+
+    eps, ddof = check_eps(eps), check_ddof(ddof)
+    xp, x = _as_matrix(x)
+    p = x.shape[1]
+    gamma = _check_param(gamma, "gamma", p, xp, x.dtype)
+    beta = _check_param(beta, "beta", p, xp, x.dtype)
+    n, mean, var = sync_moments(reducer, [x], ddof)
+    if eps == 0 and np.any(var == 0):
+        raise ValueError(
+            f"column {_first(var == 0)} of x has zero variance (on all ranks together) and "
+            "eps=0: the standardization divides by zero. Use eps > 0 or drop the column."
+        )
+    inv_std = xp.asarray(1.0 / np.sqrt(var + eps), dtype=x.dtype)
+    x_hat = (x - xp.asarray(mean, dtype=x.dtype)) * inv_std
+    y = x_hat * gamma + beta
+    cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma,
+                               mean=xp.asarray(mean, dtype=x.dtype),
+                               var=xp.asarray(var, dtype=x.dtype), ddof=ddof, n_total=n,
+                               reducer=reducer)
+    return y, cache
+
+
+def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
+    """Backward of :func:`sync_batchnorm_forward`.
+
+    Formula (G_r = dy; dβ, dγ summed over all ranks)::
+
+        dβ = Σ_r 1ᵀG_r,   dγ = Σ_r 1ᵀ(G_r ∘ Ẑ_r)
+        dZ_r = [G_r − 1dβᵀ/N − Ẑ_r diag(dγ)/(N − ddof)] diag(γ ∘ s)
+
+    Returns
+    -------
+    dx : array, shape (N_r, p)
+    dgamma_r, dbeta_r : arrays, shape (p,)
+        This rank's contributions ``1ᵀ(G_r∘Ẑ_r)`` and ``1ᵀG_r`` (their sum over
+        ranks is the gradient).
+    """
+    x_hat, inv_std, gamma, _, _, ddof, n, reducer = cache
+    xp = get_namespace(x_hat)
+    if tuple(dy.shape) != tuple(x_hat.shape):
+        raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
+    dy = xp.astype(as_float(dy, "dy", xp), x_hat.dtype, copy=False)
+    p = x_hat.shape[1]
+    dbeta_r = np.asarray(xp.sum(dy, axis=0, dtype=xp.float64))
+    dgamma_r = np.asarray(xp.sum(dy * x_hat, axis=0, dtype=xp.float64))
+    tot = reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
+    dbeta = xp.asarray(tot[:p], dtype=x_hat.dtype)
+    dgamma = xp.asarray(tot[p:], dtype=x_hat.dtype)
+    dx = (dy - dbeta / n - x_hat * (dgamma / (n - ddof))) * (gamma * inv_std)
+    return (dx, xp.asarray(dgamma_r, dtype=x_hat.dtype),
+            xp.asarray(dbeta_r, dtype=x_hat.dtype))
+
+
+# ---------------------------------------------------------------- group-wise
+def _gathered_groups(reducer, labels, mean, var):
+    """Every rank's (labels, mean, var) rows, concatenated and sorted by label."""
+    parts = reducer.allgather((np.asarray(labels, dtype=np.int64), np.asarray(mean),
+                               np.asarray(var)))
+    labels = np.concatenate([q[0] for q in parts])
+    mean = np.concatenate([q[1] for q in parts])
+    var = np.concatenate([q[2] for q in parts])
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order]
+    if labels.shape[0] > 1 and np.any(labels[1:] == labels[:-1]):
+        dup = labels[1:][labels[1:] == labels[:-1]][0]
+        raise ValueError(
+            f"group {dup} has rows on more than one rank: distributed group-wise batch norm "
+            "needs every group's rows on one rank (split the data by whole units)"
+        )
+    return labels, mean[order], var[order]
+
+
+def _local_group_forward(layer, x, groups, gamma, beta):
+    """The op on this rank's rows, or None for an empty shard; errors are collected."""
+    from .. import ops
+
+    if x.shape[0] == 0:
+        return None, None, None
+    try:
+        index = layer._training_index(x, groups)
+        y, cache = ops.group_batchnorm_forward(x, index, gamma, beta, eps=layer.eps,
+                                               ddof=layer.ddof)
+    except (ValueError, TypeError) as exc:
+        return None, None, exc
+    return y, cache, None
+
+
+def _raise_any(reducer, exc):
+    """Raise on every rank when any rank's local step failed (its message, its rank)."""
+    flag = reducer.allreduce_max(np.asarray([1.0 if exc is not None else 0.0]))
+    if flag[0] == 0:
+        return
+    msgs = reducer.allgather(None if exc is None else (type(exc).__name__, str(exc)))
+    for rank, m in enumerate(msgs):
+        if m is not None:
+            kind = TypeError if m[0] == "TypeError" else ValueError
+            raise kind(f"rank {rank}: {m[1]}") from exc
+
+
+def sync_group_forward(layer, params, state, x, groups, reducer):
+    """Training-mode forward of a :class:`GroupBatchNorm` whose groups are spread over ranks.
+
+    Each group lies on one rank, so its statistics are local
+    (:func:`bnmat.ops.group_batchnorm_forward` on this rank's rows); the pooled
+    statistics are those of all ranks' rows (:func:`sync_moments`), and the
+    running statistics are updated, on every rank alike, with the groups of all
+    ranks' batches (one all-gather of their labels, means and variances).
+
+    Returns
+    -------
+    y : array, shape (N_r, p)
+    new_state : dict
+        Identical on every rank; equal to one process's update on the whole batch.
+    cache : GroupBatchNormCache, or an empty-shard marker
+    """
+    if layer.ghost is not None:
+        raise ValueError(
+            "GroupBatchNorm(ghost=...) cannot be synchronized across ranks (its runs of "
+            "consecutive rows would straddle ranks); use BatchNorm or labelled groups"
+        )
+    xp, x = _as_matrix(x)
+    gamma, beta = params["gamma"], params["beta"]
+    y, cache, exc = _local_group_forward(layer, x, groups, gamma, beta)
+    _raise_any(reducer, exc)
+    _, pooled_mean, pooled_var = sync_moments(reducer, [x], layer.ddof)
+    p = x.shape[1]
+    if cache is None:
+        local = (np.zeros(0, dtype=np.int64), np.zeros((0, p), dtype=x.dtype),
+                 np.zeros((0, p), dtype=x.dtype))
+        y = x[:0] * 1.0
+        cache = EmptyGroupCache(p=p, dtype=x.dtype)
+    else:
+        local = (cache.index.labels, cache.mean, cache.var)
+    labels, mean, var = _gathered_groups(reducer, *local)
+    whole = SimpleNamespace(
+        index=SimpleNamespace(labels=labels), mean=mean, var=var,
+        pooled_mean=pooled_mean.astype(x.dtype), pooled_var=pooled_var.astype(x.dtype))
+    return y, layer._updated_state(state, whole), cache
+
+
+class EmptyGroupCache(NamedTuple):
+    """Cache of group-wise batch norm on a rank with no rows in the batch."""
+
+    p: int
+    dtype: Any
+
+
+def sync_group_population(layer, params, state, xs, groups, reducer):
+    """:meth:`GroupBatchNorm.population_state` over the rows of all ranks.
+
+    Each rank's groups get their exact statistics from its own rows; the
+    pooled statistics and the table of groups are combined across ranks, so
+    the new state is identical on every rank and equal to one process's.
+    """
+    from .. import ops
+
+    if layer.ghost is not None:
+        raise ValueError("GroupBatchNorm(ghost=...) cannot be synchronized across ranks")
+    xs = [np.asarray(_as_matrix(x)[1]) for x in xs]
+    sizes = np.cumsum([int(x.shape[0]) for x in xs])[:-1]
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    p = x.shape[1]
+    gamma, beta = params["gamma"], params["beta"]
+    exc = y = cache = None
+    if x.shape[0]:
+        if groups is None:
+            from .group_batchnorm import _NO_LABELS
+            exc = ValueError(_NO_LABELS)
+        else:
+            labels = groups[0] if len(groups) == 1 else np.concatenate(
+                [np.asarray(g) for g in groups])
+            y, cache, exc = _local_group_forward(layer, x, labels, gamma, beta)
+    _raise_any(reducer, exc)
+    _, pooled_mean, pooled_var = sync_moments(reducer, [x], layer.ddof)
+    if cache is None:
+        y = x * 1.0
+        local = (np.zeros(0, dtype=np.int64), np.zeros((0, p), x.dtype),
+                 np.zeros((0, p), x.dtype))
+    else:
+        local = (cache.index.labels, cache.mean, cache.var)
+    new_labels, mean, var = _gathered_groups(reducer, *local)
+    old_labels = np.asarray(state["labels"])
+    count = np.zeros(new_labels.shape[0], dtype=np.int64)
+    if old_labels.shape[0]:
+        pos = np.minimum(np.searchsorted(old_labels, new_labels), old_labels.shape[0] - 1)
+        found = old_labels[pos] == new_labels
+        count = np.where(found, np.asarray(state["count"])[pos], 0).astype(np.int64)
+    new_state = {**state, "labels": new_labels, "mean": mean, "var": var, "count": count,
+                 "pooled_mean": pooled_mean.astype(x.dtype),
+                 "pooled_var": pooled_var.astype(x.dtype)}
+    return np.split(y, sizes), new_state
+
+
+def sync_population_moments(layer, params, state, xs, reducer):
+    """:meth:`BatchNorm.population_state` over the rows of all ranks (exact two-pass)."""
+    from .. import ops
+
+    xs = [_as_matrix(x)[1] for x in xs]
+    _, mean, var = sync_moments(reducer, xs, layer.ddof)
+    dtype = xs[0].dtype
+    xp = get_namespace(xs[0])
+    mean, var = xp.asarray(mean, dtype=dtype), xp.asarray(var, dtype=dtype)
+    ys = [ops.batchnorm_inference_forward(x, params["gamma"], params["beta"], mean, var,
+                                          eps=layer.eps)[0] if x.shape[0] else x * 1.0
+          for x in xs]
+    return ys, {**state, "mean": mean, "var": var}
