@@ -147,7 +147,7 @@ def run_fit(args) -> int:
     """
     _check_training_options(args)
     if getattr(args, "distributed", False):   # mpiexec -n K bnmat fit ... --distributed
-        from ._cli_distributed import run_fit_distributed
+        from .distributed import run_fit_distributed
 
         return run_fit_distributed(args)
     if getattr(args, "entity", None) is not None:

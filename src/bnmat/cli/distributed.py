@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim, train
-from ._mlp import Scaling, build_mlp
-from .cli import UsageError
-from .datasets import MISSING, WAGE_PANEL_DROP, Table, wage_panel_path
+from .. import optim, train
+from ..layers._mlp import Scaling, build_mlp
+from ._common import UsageError
+from ..datasets import MISSING, WAGE_PANEL_DROP, Table, wage_panel_path
 
 __all__ = ["run_fit_distributed", "read_slice"]
 
@@ -74,7 +74,7 @@ def read_slice(path, rank: int, size: int, *, source: str | None = None):
 
 
 def _reducer():
-    from .distributed import MPIReducer
+    from ..distributed import MPIReducer
 
     return MPIReducer()
 
@@ -94,8 +94,8 @@ def run_fit_distributed(args) -> int:
 
 
 def _global_scaling(red, x_local) -> Scaling:
-    """:func:`bnmat._mlp.fit_scaling` of the rows of all ranks (exact two-pass moments)."""
-    from .layers._sync import sync_moments
+    """:func:`bnmat.layers._mlp.fit_scaling` of the rows of all ranks (exact two-pass moments)."""
+    from ..layers._sync import sync_moments
 
     _, mean, var = sync_moments(red, [x_local], 0)
     scale = np.sqrt(var)
@@ -104,7 +104,7 @@ def _global_scaling(red, x_local) -> Scaling:
 
 
 def _global_r2(red, y, y_hat) -> float:
-    from .layers._sync import sync_moments
+    from ..layers._sync import sync_moments
 
     n, mean, var = sync_moments(red, [y], 0)
     sse = red.allreduce(np.asarray([float(np.sum((y - y_hat) ** 2))]))[0]
@@ -113,7 +113,7 @@ def _global_r2(red, y, y_hat) -> float:
 
 
 def _run(args, red) -> int:
-    from ._cli_fit import CLI_FORMAT, _fmt_metric, _json_float, _split
+    from .fit import CLI_FORMAT, _fmt_metric, _json_float, _split
 
     if getattr(args, "entity", None) is not None:
         raise UsageError("--distributed trains the plain network; panel models (--entity) "
@@ -206,7 +206,7 @@ def _run(args, red) -> int:
                     "name": "r2"},
         "data": "bundled:wage_panel.csv.gz" if args.data is None else str(args.data),
     }
-    from . import io as bnio
+    from .. import io as bnio
 
     out = Path(args.output)
     bnio.save(out, net, params, state, metadata=metadata)
