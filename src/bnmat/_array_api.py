@@ -79,8 +79,10 @@ def as_float(x, name: str, xp=None):
 
     float32 and float64 are kept; integers and booleans become float64 (as
     scikit-learn does); float16 becomes float32, since batch statistics must not
-    be accumulated in half precision. Complex input is rejected. Non-arrays
-    (lists, scalars) become NumPy float64 arrays.
+    be accumulated in half precision. Complex input is rejected, and so are NumPy
+    masked arrays (``TypeError``: a mask has no meaning to the formulas).
+    Non-arrays (lists, scalars) become NumPy float64 arrays; NumPy arrays in a
+    non-native byte order are converted to the native one.
 
     Parameters
     ----------
@@ -107,7 +109,20 @@ def as_float(x, name: str, xp=None):
             raise TypeError(f"{name} could not be converted to an array: {exc}") from None
         if x.dtype == object:
             raise TypeError(f"{name} has dtype object; expected numbers")
+    if isinstance(x, np.ma.MaskedArray):
+        # NumPy's reductions skip masked entries but divide by every row, so
+        # the statistics would match neither "all rows" nor "unmasked rows".
+        raise TypeError(
+            f"{name} is a NumPy masked array; bnmat does not interpret masks. Drop the "
+            f"masked rows ({name}[~{name}.mask.any(axis=1)]) or fill them "
+            f"({name}.filled(value)) first"
+        )
     xp = get_namespace(x, xp=xp)
+    if isinstance(x, np.ndarray) and not x.dtype.isnative:
+        # Big-endian data (e.g. read from a file written elsewhere): one byte
+        # order for every code path (NumPy reductions with dtype= and the
+        # kernels both need the machine's own).
+        x = x.astype(x.dtype.newbyteorder("="))
     if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
         # Reductions sum in an order set by the memory layout; one layout makes
         # results bitwise identical for C, Fortran and strided input.

@@ -112,10 +112,39 @@ def _validated(x, gamma, beta, eps, ddof):
     return x, gamma, beta, eps, ddof
 
 
-def _forward(x, gamma, beta, eps, ddof, relu, out):
-    """Validated kernel forward; x, gamma, beta are NumPy arrays."""
-    from .._array_api import check_finite
+def _in_kernel_range(var, inv_std64, dtype, n, rows4) -> bool:
+    """Whether the kernel's statistics are ones the reference would give too.
 
+    The kernel raises no errors itself: NaN/inf in x, a variance or s that does
+    not fit x's dtype, a zero variance with eps = 0 (``status``), and variances
+    where its arithmetic could round differently from the reference's go to the
+    reference formulas, which decide the result or the error. Those are, for
+    float32 in the four-row loop (squares formed in float32), variances below
+    1e-30 other than exact zeros (a square of a deviation under ~1e-19
+    underflows); for float64, variances below 1e-250 (squares of deviations
+    under ~1e-125 may underflow) or above max/(2N) (a deviation's square may
+    overflow in one path and not the other). Constant columns give exactly 0
+    on both paths.
+    """
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (np.all(np.isfinite(var.astype(dtype)))
+                and np.all(np.isfinite(inv_std64.astype(dtype)))):
+            return False
+    pos = var[var > 0]
+    if not pos.size:
+        return True
+    if dtype == np.float32:
+        return not rows4 or float(pos.min()) >= 1e-30
+    return float(pos.min()) >= 1e-250 and float(pos.max()) <= float(info.max) / (2 * n)
+
+
+def _forward(x, gamma, beta, eps, ddof, relu, out):
+    """Validated kernel forward; x, gamma, beta are NumPy arrays.
+
+    Returns None when the reference formulas must run instead (see
+    :func:`_in_kernel_range`).
+    """
     x, gamma, beta, eps, ddof = _validated(x, gamma, beta, eps, ddof)
     n, p = x.shape
     if out is None:
@@ -125,20 +154,13 @@ def _forward(x, gamma, beta, eps, ddof, relu, out):
         if np.may_share_memory(out, x):
             # x is kept in the cache for the backward pass.
             raise ValueError("out must not overlap x: the backward pass reads x")
+    rows4 = _rows4(x)
     with _config.kernel_call(x.size):
         _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(
             x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64,
-            _rows4(x), _nchunks(n), out)
-    if status == 1:
-        check_finite(x, "x")  # raises the reference's message for NaN/inf in x
-        raise ValueError(
-            f"the variance of column {col} of x overflows {x.dtype}; rescale the data"
-        )
-    if status == 2:
-        raise ValueError(
-            f"column {col} of x has zero variance and eps=0: the "
-            "standardization divides by zero. Use eps > 0 or drop the column."
-        )
+            rows4, _nchunks(n), out)
+    if status != 0 or not _in_kernel_range(var, inv_std64, x.dtype, n, rows4):
+        return None  # the reference decides: its result, or its error
     cache = BatchNormKernelCache(
         x=x,
         inv_std=inv_std64.astype(x.dtype),
@@ -186,6 +208,10 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         dgamma, dbeta = _kernels().backward(
             dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a,
             float(n - ddof), _rows4(x), _nchunks(n), out)
+    if not (np.all(np.isfinite(dgamma)) and np.all(np.isfinite(dbeta))):
+        # NaN/inf in dy, or float32 partial sums that overflowed: the reference
+        # (float64 sums of dy) decides.
+        return None
     return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype), dbeta=dbeta.astype(x.dtype))
 
 
@@ -217,11 +243,13 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=N
         ``MIN_ELEMENTS`` elements).
     """
     if _config.wants(x, gamma, beta):
-        return _forward(x, gamma, beta, eps, ddof, False, out)
-    # wants() is False, so the op runs its reference formulas.
+        result = _forward(x, gamma, beta, eps, ddof, False, out)
+        if result is not None:
+            return result
     from ..ops.batchnorm import batchnorm_forward as reference
 
-    y, cache = reference(x, gamma, beta, eps=eps, ddof=ddof)
+    with _config.reference_only():
+        y, cache = reference(x, gamma, beta, eps=eps, ddof=ddof)
     return _into(out, y), cache
 
 
@@ -266,18 +294,24 @@ def batchnorm_backward(dy, cache, *, out=None):
             )
         if _config._plain(dy) and _config.enabled():
             a = cache.gamma.astype(np.float64) * cache.inv_std64
-            return _backward(dy, cache.x, cache.mean, cache.mean_lo, cache.scale, cache.beta,
-                             False, cache.inv_std64, a, cache.ddof, out)
-        grads = reference(dy, cache.to_reference())
+            grads = _backward(dy, cache.x, cache.mean, cache.mean_lo, cache.scale, cache.beta,
+                              False, cache.inv_std64, a, cache.ddof, out)
+            if grads is not None:
+                return grads
+        with _config.reference_only():
+            grads = reference(dy, cache.to_reference())
     elif isinstance(cache, BatchNormCache):
         if _config.wants(dy, cache.x_hat):
             x_hat = np.ascontiguousarray(cache.x_hat)
             p = x_hat.shape[1]
             zero = np.zeros(p, x_hat.dtype)
             a = cache.gamma.astype(np.float64) * cache.inv_std.astype(np.float64)
-            return _backward(dy, x_hat, zero, zero, zero, zero, False, np.ones(p), a,
-                             cache.ddof, out)
-        grads = reference(dy, cache)
+            grads = _backward(dy, x_hat, zero, zero, zero, zero, False, np.ones(p), a,
+                              cache.ddof, out)
+            if grads is not None:
+                return grads
+        with _config.reference_only():
+            grads = reference(dy, cache)
     else:
         raise TypeError(f"expected a batch-norm cache; got {type(cache).__name__}")
     return grads._replace(dx=_into(out, grads.dx))
@@ -309,13 +343,15 @@ def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, 
         ``cache.bn.mean`` and ``cache.bn.var`` are the batch statistics.
     """
     if _config.wants(x, gamma, beta):
-        h, cache = _forward(x, gamma, beta, eps, ddof, True, out)
-        return h, BatchNormReLUCache(bn=cache, relu=None)
+        result = _forward(x, gamma, beta, eps, ddof, True, out)
+        if result is not None:
+            return result[0], BatchNormReLUCache(bn=result[1], relu=None)
     from ..ops.activations import relu_forward
     from ..ops.batchnorm import batchnorm_forward as bn_forward
 
-    y, bn_cache = bn_forward(x, gamma, beta, eps=eps, ddof=ddof)
-    h, relu_cache = relu_forward(y)
+    with _config.reference_only():
+        y, bn_cache = bn_forward(x, gamma, beta, eps=eps, ddof=ddof)
+        h, relu_cache = relu_forward(y)
     return _into(out, h), BatchNormReLUCache(bn=bn_cache, relu=relu_cache)
 
 
@@ -350,8 +386,10 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
             )
         if _config.enabled():
             a = bn.gamma.astype(np.float64) * bn.inv_std64
-            return _backward(dh, bn.x, bn.mean, bn.mean_lo, bn.scale, bn.beta, True,
-                             bn.inv_std64, a, bn.ddof, out)
+            grads = _backward(dh, bn.x, bn.mean, bn.mean_lo, bn.scale, bn.beta, True,
+                              bn.inv_std64, a, bn.ddof, out)
+            if grads is not None:
+                return grads
         # Kernels switched off since the forward pass: the same mask (the same
         # uncontracted operations in x's dtype), then the reference formula.
         from ..ops.batchnorm import batchnorm_backward as reference
@@ -359,7 +397,8 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
         dh = _prepare_dy(dh, bn.x.shape, bn.x.dtype)
         b = ((bn.x - bn.mean) - bn.mean_lo) * bn.scale + bn.beta
         g = np.where(b > 0, dh, np.zeros_like(dh))
-        grads = reference(g, bn.to_reference())
+        with _config.reference_only():
+            grads = reference(g, bn.to_reference())
         return grads._replace(dx=_into(out, grads.dx))
     from ..ops.activations import relu_backward
     from ..ops.batchnorm import batchnorm_backward as bn_backward

@@ -72,8 +72,28 @@ def enabled() -> bool:
 
 def _plain(a) -> bool:
     # memmaps are arrays with a file behind them; other subclasses (masked
-    # arrays, matrix) change what arithmetic means and take the reference path.
-    return type(a) is np.ndarray or type(a) is np.memmap
+    # arrays, matrix) change what arithmetic means and take the reference path,
+    # and so do arrays in a non-native byte order (the reference converts them).
+    return (type(a) is np.ndarray or type(a) is np.memmap) and a.dtype.isnative
+
+
+_local = threading.local()
+
+
+class reference_only:
+    """Within this context (in this thread) :func:`wants` is False: the ops run
+    their reference formulas. The kernel wrappers use it to hand an input they
+    cannot treat exactly as the reference would (an error, or float32
+    statistics outside the range where the kernel's float32 partial sums are
+    exact enough) to the reference, which then decides the result or the error.
+    """
+
+    def __enter__(self):
+        _local.depth = getattr(_local, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        _local.depth -= 1
 
 
 def wants(x, *vectors, ndim: int | None = 2) -> bool:
@@ -96,6 +116,8 @@ def wants(x, *vectors, ndim: int | None = 2) -> bool:
         if not _plain(v):
             return False
     if x.dtype.kind not in "fiub" or x.dtype.itemsize > 8:
+        return False
+    if getattr(_local, "depth", 0):
         return False
     return enabled()
 

@@ -67,7 +67,7 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
     # checked inside the kernel's pass (explicitly only on an error path).
     eps = check_eps(eps)
     xp = get_namespace(x, gamma, beta, mean, var)
-    x = check_2d(as_float(x, "x", xp), "x")
+    x = check_2d(as_float(x, "x", xp), "x", min_rows=1)
     p = x.shape[1]
     try:
         gamma, beta, mean, var = (

@@ -272,7 +272,8 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
     the float64 add.
 
     ``out`` may be ``dy`` itself: each element is read before it is written.
-    Returns ``(dgamma, dbeta)`` in float64.
+    Returns ``(dgamma, dbeta)`` in float64; when one of them is not finite,
+    ``out`` is not written.
     """
     n, p = x.shape
     cdb = np.zeros((nchunks, p))
@@ -352,6 +353,11 @@ def backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, n_ddof, rows4,
         # folded into the constant, which saves a subtraction per element.
         c64 = -a[j] * dbeta[j] / n
         cc[j] = c64 if relu else c64 - b64 * np.float64(mean_lo[j])
+    for j in range(p):
+        if not (np.isfinite(dgamma[j]) and np.isfinite(dbeta[j])):
+            # The wrapper hands this input to the reference; out (possibly dy
+            # itself) is left untouched.
+            return dgamma, dbeta
     # dy's row is first copied to a small buffer: when out is dy (in place), a
     # loop reading dy and writing out would fail the vectorizer's runtime
     # overlap check and run scalar, about 6× slower.

@@ -60,7 +60,12 @@ def _input_dtype(x):
     """The NumPy dtype parameters get for input ``x`` (float32 stays float32)."""
     if is_sparse(x):
         return np.float32 if x.dtype == np.float32 else np.float64
-    return to_numpy(x[:0]).dtype
+    xp = get_namespace(x)
+    if is_numpy(xp):
+        return np.asarray(x).dtype
+    # Other libraries' dtypes are not NumPy's (and array_api_strict allows no
+    # x[:0] to convert): float32 stays float32, everything else is float64.
+    return np.dtype(np.float32) if x.dtype == xp.float32 else np.dtype(np.float64)
 
 
 def population_forward(module, params, state, xs, groups=None):
@@ -151,7 +156,8 @@ class Network:
         """Output in inference mode (stored statistics); ``state`` is not changed.
 
         Rows are independent of each other, so any number of rows works (one
-        included) and the result for a row does not depend on the others.
+        included; 0 rows is a ``ValueError``) and the result for a row does not
+        depend on the others.
 
         Parameters
         ----------
@@ -166,5 +172,10 @@ class Network:
         -------
         y : array, shape (N, k)
         """
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) == 2 and shape[0] == 0:
+            raise ValueError(
+                f"x has 0 rows (shape {shape}); predict needs at least one row"
+            )
         y, _, _ = self.forward(params, state, x, training=False, groups=groups)
         return y

@@ -224,7 +224,7 @@ class BatchNorm:
         ys = [
             ops.batchnorm_inference_forward(
                 xi, params["gamma"], params["beta"], mean, var, eps=self.eps
-            )[0]
+            )[0] if xi.shape[0] else xi   # an empty chunk stays empty (the op refuses 0 rows)
             for xi in xs
         ]
         return ys, new_state

@@ -59,26 +59,30 @@ class ColumnMoments(NamedTuple):
 
 
 def _accumulator(xp, dtype):
-    """float64 for float32 data: batch statistics are never summed in low precision."""
-    return xp.float64 if dtype == xp.float32 else dtype
+    """float64 for float32 (and float16) data: statistics are never summed in low precision."""
+    return dtype if dtype == xp.float64 else xp.float64
 
 
 def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
     """Column means and variances by the corrected two-pass algorithm.
 
-    The first pass sums in float64 (also for float32 data) to get a shift
-    ``m``; the second sums ``d = x − m`` and ``d²`` in float64 and corrects for the
-    rounding of ``m`` (Björck's corrected two-pass formula)::
+    The first pass takes the mean of ``x − x₀`` (x₀ the first row) in float64,
+    also for float32 data, to get a shift ``m``; the second forms ``d = x − m``,
+    ``d²`` and their sums in float64 and corrects for the rounding of ``m``
+    (Björck's corrected two-pass formula)::
 
         mean = m + 1ᵀd/N
         var  = (1ᵀ(d∘d) − (1ᵀd)²/N) / (N − ddof)
 
     This is accurate for data with a large mean and a small spread (for example
     float32 ``1e4 + 1e-2·N(0,1)``), where the one-pass ``E[x²] − E[x]²`` fails.
+    Forming d and d² in float64 keeps float32 data's squares from overflowing
+    (``|d| > 1.8e19``) or underflowing (``|d| < 1e-19``).
 
     Parameters
     ----------
     x : array, shape (N, p)
+        Integers are converted to float64, float16 to float32.
     ddof : int
         Delta degrees of freedom: 0 for batch norm, 1 for R's ``scale()``.
 
@@ -89,19 +93,25 @@ def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
         float32 input), and ``centered = x − mean`` of shape (N, p) in x's dtype.
     """
     xp = get_namespace(x, xp=xp)
+    x = as_float(x, "x", xp)
     n = x.shape[0]
     acc = _accumulator(xp, x.dtype)
-    shift = xp.sum(x, axis=0, dtype=acc) / n
-    d = x - xp.astype(shift, x.dtype)
-    s1 = xp.sum(d, axis=0, dtype=acc)
-    s2 = xp.sum(d * d, axis=0, dtype=acc)
+    xa = xp.astype(x, acc)
+    # Shift by the first row, then by the mean of the differences: a constant
+    # column gets d = 0 exactly (variance exactly 0, as the kernels find), and
+    # no sum of x itself is formed (it could overflow where the variance does not).
+    x0 = xa[0, :]
+    shift = x0 + xp.mean(xa - x0, axis=0)
+    d = xa - shift
+    s1 = xp.sum(d, axis=0)
+    s2 = xp.sum(d * d, axis=0)
     delta = s1 / n
-    mean = xp.astype(shift, acc) + delta
+    mean = shift + delta
     var = xp.maximum((s2 - s1 * delta) / (n - ddof), xp.zeros_like(s2))
-    # The shift is off by the rounding of the mean (half an ulp in float32);
-    # remove that offset so that the centered columns sum to zero.
-    d = d - xp.astype(delta, x.dtype)
-    return ColumnMoments(mean=mean, var=var, centered=d)
+    # The shift is off by the rounding of the mean; remove that offset so that
+    # the centered columns sum to zero.
+    centered = xp.astype(d - delta, x.dtype)
+    return ColumnMoments(mean=mean, var=var, centered=centered)
 
 
 def check_eps(eps) -> float:
@@ -186,7 +196,8 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
     beta = _check_param(beta, "beta", p, xp, x.dtype)
 
     mean, var, centered = column_moments(x, ddof=ddof, xp=xp)
-    bad = ~xp.isfinite(var)
+    # var and s are stored in x's dtype: both must be finite there.
+    bad = ~xp.isfinite(xp.astype(var, x.dtype))
     if bool(xp.any(bad)):
         raise ValueError(
             f"the variance of column {_first(bad)} of x overflows {x.dtype}; rescale the data"
@@ -197,6 +208,12 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
             "standardization divides by zero. Use eps > 0 or drop the column."
         )
     inv_std = xp.astype(1.0 / xp.sqrt(var + eps), x.dtype)
+    bad = ~xp.isfinite(inv_std)
+    if bool(xp.any(bad)):
+        raise ValueError(
+            f"the variance of column {_first(bad)} of x is too small for {x.dtype}: "
+            f"1/sqrt(var + eps) overflows it. Rescale the data or use a larger eps."
+        )
     x_hat = centered * inv_std
     y = x_hat * gamma + beta
     cache = BatchNormCache(

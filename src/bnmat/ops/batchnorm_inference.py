@@ -50,7 +50,7 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
         return _kernels.batchnorm_inference_forward(x, gamma, beta, mean, var, eps=eps)
     eps = check_eps(eps)
     xp = get_namespace(x, gamma, beta, mean, var)
-    x = check_2d(as_float(x, "x", xp), "x")
+    x = check_2d(as_float(x, "x", xp), "x", min_rows=1)
     check_finite(x, "x", xp)
     p = x.shape[1]
     gamma, beta, mean, var = (
