@@ -20,6 +20,7 @@ mini-batches are made of whole groups of the first factor.
 
 from ._fit import DivergenceError, FitResult, fit
 from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
+from ._hvp import hvp, value_grad_hvp
 from ._lbfgs import fit_lbfgs
 from ._statistics import population_statistics
 
@@ -31,6 +32,8 @@ __all__ = [
     "population_statistics",
     "fit",
     "fit_lbfgs",
+    "hvp",
+    "value_grad_hvp",
     "FitResult",
     "DivergenceError",
     "WITHIN_LOSSES",
