@@ -22,6 +22,7 @@ from ._fit import DivergenceError, FitResult, fit
 from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
 from ._hvp import hvp, value_grad_hvp
 from ._lbfgs import fit_lbfgs
+from ._newton import NEWTON_METHODS, fit_newton
 from ._statistics import population_statistics
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "fit",
     "fit_lbfgs",
     "hvp",
+    "fit_newton",
+    "NEWTON_METHODS",
     "value_grad_hvp",
     "FitResult",
     "DivergenceError",
