@@ -307,3 +307,20 @@ def test_fit_newton_rejects_bad_options(rng):
         bnmat.fit_newton(net, params, state, x, y, method="bfgs")
     with pytest.raises(ValueError, match="losses"):
         bnmat.fit_newton(net, params, state, x, y, loss="within_mse")
+
+
+def test_weighted_hvp_equals_repeated_rows_and_torch(rng):
+    net = NETS["two-bn-relu-sigmoid"]()
+    x, y = rng.normal(size=(12, 7)), rng.normal(size=12)
+    params, state = _perturbed(net, x, rng)
+    v = tree_map(lambda a: rng.normal(size=np.shape(a)), params)
+    w = rng.integers(0, 4, size=12)
+    w[:2] = 1
+    rep = np.repeat(np.arange(12), w)
+    for loss in ("sse", "mse"):
+        ours = tree_leaves(bnmat.hvp(net, params, state, x, y, v, loss=loss, sample_weight=w),
+                           like=params)
+        repeated = tree_leaves(bnmat.hvp(net, params, state, x[rep], y[rep], v, loss=loss),
+                               like=params)
+        assert _normwise(ours, repeated) < 1e-12
+        assert _normwise(ours, torch_hvp(net, params, x[rep], y[rep], v, loss)) < 1e-10

@@ -168,3 +168,167 @@ def test_backward_jacobians_against_finite_differences_and_double_backward(
     np.testing.assert_allclose(jacobians.vec(got.ddy), want_ddy, atol=1e-12 * np.abs(want_ddy).max())
     np.testing.assert_allclose(jacobians.vec(got.dx), want_dx, atol=1e-12 * np.abs(want_dx).max())
     np.testing.assert_allclose(got.dgamma, want_dgamma, atol=1e-12 * np.abs(want_dgamma).max())
+
+
+# ------------------------------------------------------------------ networks and estimators
+import warnings  # noqa: E402
+
+import bnmat  # noqa: E402
+from bnmat.layers._tree import tree_leaves  # noqa: E402
+
+
+def _net():
+    return bnmat.Sequential([
+        bnmat.Dense(5, bias=False), bnmat.BatchNorm(ddof=1), bnmat.ReLU(),
+        bnmat.Sequential([bnmat.Dense(3, bias=False), bnmat.BatchNorm(), bnmat.Tanh()]),
+        bnmat.Dense(1)])
+
+
+def _repeat_case(rng, n=30):
+    x, y = rng.normal(size=(n, 4)), rng.normal(size=n)
+    w = rng.integers(0, 4, size=n)
+    w[:2] = 1
+    return x, y, w, np.repeat(np.arange(n), w)
+
+
+@pytest.mark.parametrize("loss", ["sse", "mse"])
+def test_value_and_grad_integer_weights_equal_repeated_rows(rng, loss):
+    x, y, w, rep = _repeat_case(rng)
+    net = _net()
+    params, state = net.init(x, seed=0)
+    a = bnmat.value_and_grad(net, params, state, x, y, loss, l2=0.1, sample_weight=w)
+    b = bnmat.value_and_grad(net, params, state, x[rep], y[rep], loss, l2=0.1)
+    assert abs(a[0] - b[0]) <= 1e-12 * abs(b[0])
+    for u, v in zip(tree_leaves(a[1]), tree_leaves(b[1])):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-12 * np.abs(v).max())
+    for u, v in zip(tree_leaves(a[2]), tree_leaves(b[2])):      # running statistics
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+
+
+def test_value_and_grad_weighted_cross_entropy_equals_repeated_rows(rng):
+    x, _, w, rep = _repeat_case(rng)
+    labels = rng.integers(0, 3, size=x.shape[0])
+    net = bnmat.Sequential([bnmat.Dense(4, bias=False), bnmat.BatchNorm(), bnmat.Tanh(),
+                            bnmat.Dense(3)])
+    params, state = net.init(x, seed=1)
+    a = bnmat.value_and_grad(net, params, state, x, labels, "softmax_cross_entropy",
+                             sample_weight=w)
+    b = bnmat.value_and_grad(net, params, state, x[rep], labels[rep], "softmax_cross_entropy")
+    assert abs(a[0] - b[0]) <= 1e-12 * abs(b[0])
+    for u, v in zip(tree_leaves(a[1]), tree_leaves(b[1])):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-12 * np.abs(v).max())
+
+
+def test_weighted_network_gradient_matches_torch(rng):
+    x, y, _, _ = _repeat_case(rng, 12)
+    w = rng.uniform(0.2, 2.0, size=12)
+    net = bnmat.Sequential([bnmat.Dense(4, bias=False), bnmat.BatchNorm(eps=1e-3),
+                            bnmat.Sigmoid(), bnmat.Dense(1)])
+    params, state = net.init(x, seed=0)
+    _, grads, _ = bnmat.value_and_grad(net, params, state, x, y, "mse", sample_weight=w)
+    w1 = torch.tensor(params[0]["w"], requires_grad=True)
+    g = torch.tensor(params[1]["gamma"], requires_grad=True)
+    b = torch.tensor(params[1]["beta"], requires_grad=True)
+    w2 = torch.tensor(params[3]["w"], requires_grad=True)
+    b2 = torch.tensor(params[3]["b"], requires_grad=True)
+    tw = torch.tensor(w).reshape(-1, 1)
+    z = torch.tensor(x) @ w1
+    mu = (tw * z).sum(0) / tw.sum()
+    var = (tw * (z - mu) ** 2).sum(0) / tw.sum()
+    h = torch.sigmoid((z - mu) / torch.sqrt(var + 1e-3) * g + b)
+    out = h @ w2 + b2
+    r = (tw * (out - torch.tensor(y).reshape(-1, 1)) ** 2).sum() / tw.sum()
+    want = torch.autograd.grad(r, (w1, g, b, w2, b2))
+    ours = [grads[0]["w"], grads[1]["gamma"], grads[1]["beta"], grads[3]["w"], grads[3]["b"]]
+    for o, t in zip(ours, want):
+        np.testing.assert_allclose(o, t.numpy(), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "newton"])
+def test_full_batch_fit_with_weights_equals_repeated_rows(rng, solver):
+    x, y, w, rep = _repeat_case(rng)
+    net = _net()
+    params, state = net.init(x, seed=0)
+    if solver == "lbfgs":
+        a = bnmat.fit_lbfgs(net, params, state, x, y, sample_weight=w, max_iter=30)
+        b = bnmat.fit_lbfgs(net, params, state, x[rep], y[rep], max_iter=30)
+    else:
+        a = bnmat.fit_newton(net, params, state, x, y, sample_weight=w, max_iter=15)
+        b = bnmat.fit_newton(net, params, state, x[rep], y[rep], max_iter=15)
+    pa, pb = net.predict(a.params, a.state, x), net.predict(b.params, b.state, x)
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-9 * np.abs(pb).max())
+    # weighted population statistics: predict reproduces the weighted training output
+    train_out = bnmat.train._weighted.weighted_forward(net, a.params, a.state, x, w.astype(float),
+                                                       training=True)[0]
+    np.testing.assert_allclose(pa, train_out, atol=1e-10)
+
+
+def test_minibatch_fit_slices_weights(rng):
+    x, y, w, _ = _repeat_case(rng, 40)
+    net = _net()
+    params, state = net.init(x, seed=0)
+    full = bnmat.fit(net, params, state, x, y, sample_weight=w, epochs=3, progress=False)
+    ones = bnmat.fit(net, params, state, x, y, sample_weight=np.ones(40), epochs=3,
+                     batch_size=10, progress=False, validation_fraction=0.2)
+    plain = bnmat.fit(net, params, state, x, y, epochs=3, batch_size=10, progress=False,
+                      validation_fraction=0.2)
+    for u, v in zip(tree_leaves(ones.params), tree_leaves(plain.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ones.history["val_loss"], plain.history["val_loss"], rtol=1e-12)
+    assert np.isfinite(full.history["loss"]).all()
+
+
+def test_sample_weight_errors(rng):
+    x, y, _, _ = _repeat_case(rng, 10)
+    net = _net()
+    params, state = net.init(x, seed=0)
+    with pytest.raises(ValueError, match="sample_weight must have shape"):
+        bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.ones(9))
+    with pytest.raises(ValueError, match=">= 0"):
+        bnmat.value_and_grad(net, params, state, x, y, sample_weight=-np.ones(10))
+    with pytest.raises(ValueError, match="sums to 0"):
+        bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.zeros(10))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.ones(10),
+                             groups=np.arange(10) % 2)
+
+
+@pytest.mark.parametrize("cls", ["BNMLPRegressor", "BNMLPClassifier"])
+def test_estimators_integer_weights_equal_repeated_rows(rng, cls):
+    """scikit-learn's check_sample_weight_equivalence, for the full-batch solver."""
+    x = rng.normal(size=(40, 4))
+    w = rng.integers(0, 4, size=40)
+    w[:2] = 1
+    rep = np.repeat(np.arange(40), w)
+    if cls == "BNMLPRegressor":
+        y = np.sin(x[:, 0]) + 0.1 * rng.normal(size=40)
+    else:
+        y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+    est = getattr(bnmat, cls)(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=60,
+                              random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = type(est)(**est.get_params()).fit(x, y, sample_weight=w)
+        b = type(est)(**est.get_params()).fit(x[rep], y[rep])
+    if cls == "BNMLPRegressor":
+        pa, pb = a.predict(x), b.predict(x)
+    else:
+        pa, pb = a.predict_proba(x), b.predict_proba(x)
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-9 * max(1.0, np.abs(pb).max()))
+    # zero weights = dropping the rows (same scaling, same statistics, same loss)
+    keep = w > 0
+    c = type(est)(**est.get_params()).fit(x[keep], y[keep], sample_weight=w[keep])
+    pc = c.predict(x) if cls == "BNMLPRegressor" else c.predict_proba(x)
+    np.testing.assert_allclose(pa, pc, rtol=0, atol=1e-9 * max(1.0, np.abs(pc).max()))
+
+
+def test_estimator_stochastic_solver_accepts_weights(rng):
+    x, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = bnmat.BNMLPRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0,
+                                   early_stopping=True)
+        est.fit(x, y, sample_weight=rng.uniform(0.5, 2, size=50))
+    assert np.isfinite(est.predict(x)).all()
+    with pytest.raises(ValueError, match="sample_weight"):
+        bnmat.BNMLPRegressor().fit(x, y, sample_weight=np.ones(3))

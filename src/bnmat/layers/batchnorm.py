@@ -115,7 +115,7 @@ class BatchNorm:
         state = {"mean": np.zeros(p), "var": np.ones(p), "count": np.asarray(0, dtype=np.int64)}
         return p, params, state
 
-    def forward(self, params, state, x, *, training: bool):
+    def forward(self, params, state, x, *, training: bool, sample_weight=None):
         """Normalize ``x`` with batch statistics (training) or stored ones (inference).
 
         Parameters
@@ -127,6 +127,11 @@ class BatchNorm:
         x : array, shape (N, p)
             N ≥ max(2, ddof + 1) in training mode; any N ≥ 1 in inference.
         training : bool
+        sample_weight : array, shape (N,), optional
+            Row weights for the batch statistics in training mode (frequency
+            convention, :func:`bnmat.ops.batchnorm_forward` with ``weights=``;
+            the running statistics then average weighted batch statistics).
+            Ignored in inference mode.
 
         Returns
         -------
@@ -143,8 +148,9 @@ class BatchNorm:
                 x, params["gamma"], params["beta"], state["mean"], state["var"], eps=self.eps
             )
             return y, state, cache
+        weights = {} if sample_weight is None else {"weights": sample_weight}
         y, cache = ops.batchnorm_forward(
-            x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof
+            x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof, **weights
         )
         return y, self._updated_state(state, cache.mean, cache.var), cache
 

@@ -147,7 +147,7 @@ def check_l2(l2) -> float:
 
 
 def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = True,
-                   l2: float = 0.0, groups=None):
+                   l2: float = 0.0, groups=None, sample_weight=None):
     """The loss of a network and its gradient with respect to every parameter.
 
     Forward through ``net`` (training or inference mode), the loss, then the
@@ -187,6 +187,11 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         ``(unit, period)``). Layers that read labels
         (:class:`~bnmat.layers.GroupBatchNorm`) get the first factor; the
         within losses project out all factors; other layers ignore them.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights w ≥ 0: the loss is Σᵢ wᵢ·(row i's loss) (the means
+        divide by 1ᵀw) and every batch norm uses weighted batch statistics, so
+        integer weights equal repeated rows (:mod:`bnmat.train._weighted`;
+        reference path, Sequential networks without group layers).
 
     Returns
     -------
@@ -202,6 +207,12 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         values, non-conforming shapes.
     """
     l2 = check_l2(l2)
+    if sample_weight is not None:
+        if groups is not None:
+            raise ValueError("sample_weight and groups cannot be combined")
+        from ._weighted import weighted_value_and_grad
+        return weighted_value_and_grad(net, params, state, x, y, loss, training=training,
+                                       l2=l2, sample_weight=sample_weight)
     factors = as_factors(groups, x.shape[0])
     forward, backward, name = resolve_loss(loss, for_loss(factors))
     y_pred, new_state, cache = net.forward(params, state, x, training=training,

@@ -76,11 +76,11 @@ def _norm_family():
     return out
 
 
-def _forward(layer, p, x):
+def _forward(layer, p, x, w=None):
     if isinstance(layer, Dense):
         return ops.dense_forward(x, p["w"], p.get("b"))
     if isinstance(layer, BatchNorm):
-        return _batchnorm_forward(layer, p, x)
+        return _batchnorm_forward(layer, p, x, w)
     if type(layer) in _ACTIVATION_NAMES:
         name = _ACTIVATION_NAMES[type(layer)]
         if name == "leaky_relu":
@@ -89,9 +89,10 @@ def _forward(layer, p, x):
     return layer.forward(p, {}, x, training=True)[::2]
 
 
-def _batchnorm_forward(layer, p, x):
+def _batchnorm_forward(layer, p, x, w=None):
     gamma, beta = _bn_affine(layer, p, x)
-    return ops.batchnorm_forward(x, gamma, beta, eps=layer.eps, ddof=layer.ddof)
+    weights = {} if w is None else {"weights": w}
+    return ops.batchnorm_forward(x, gamma, beta, eps=layer.eps, ddof=layer.ddof, **weights)
 
 
 def _bn_affine(layer, p, x):
@@ -168,7 +169,8 @@ def _empty_like(net):
     return None
 
 
-def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0):
+def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
+                   sample_weight=None):
     """The training loss, its gradient and its Hessian-vector product, in one pass.
 
     Parameters
@@ -187,13 +189,19 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0):
     if not isinstance(loss, str) or loss not in _HVP_LOSSES:
         raise ValueError(f"hvp supports the losses {_HVP_LOSSES}; got {loss!r}")
     leaves = _leaf_layers(net, params, v)
+    wx = None
+    loss_fwd, loss_bwd = ops.LOSSES[loss]
+    if sample_weight is not None:
+        from ._weighted import as_weights_like, check_sample_weight, weighted_loss_pair
+        sample_weight = check_sample_weight(sample_weight, x.shape[0])
+        wx = as_weights_like(sample_weight, x)
+        loss_fwd, loss_bwd = weighted_loss_pair(loss, sample_weight)
     # forward (training mode, batch statistics)
     caches, h = [], x
     for layer, p, _, _ in leaves:
-        h, cache = _forward(layer, p, h)
+        h, cache = _forward(layer, p, h, wx)
         caches.append(cache)
     target = _match_target(h, y, loss)
-    loss_fwd, loss_bwd = ops.LOSSES[loss]
     value, loss_cache = loss_fwd(h, target)
     # first-order backward, keeping every layer's upstream gradient G_{l+1}
     dys, grads = [None] * len(leaves), [None] * len(leaves)
@@ -207,7 +215,12 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0):
     for i, (layer, p, vi, _) in enumerate(leaves):
         c, xbars[i], thetabars[i] = _double_backward(layer, c, vi, dys[i], caches[i], p)
     # the loss's double backward, then sweep 2: an ordinary backward of a_L
-    a = ops.loss_double_backward(loss, c, 1.0, loss_cache).dy_pred
+    if wx is None:
+        a = ops.loss_double_backward(loss, c, 1.0, loss_cache).dy_pred
+    else:  # the weighted backward is W·(scale ratio)·(the unweighted one): linear in c
+        inner, wc, scale = loss_cache
+        a = ops.loss_double_backward(loss, wc * c * (scale / inner.scale), 1.0,
+                                     inner).dy_pred
     hv = [None] * len(leaves)
     for i in range(len(leaves) - 1, -1, -1):
         layer, p, vi, _ = leaves[i]
@@ -235,7 +248,8 @@ def _restore(net, leaves, values):
     return tree
 
 
-def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0):
+def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0,
+        sample_weight=None):
     """Hessian-vector product ``H v`` of the training loss with respect to the parameters.
 
     ``H = ∂²R/∂θ∂θᵀ`` of the training-mode loss (batch statistics, the mean
@@ -259,6 +273,9 @@ def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0):
     loss : {"sse", "mse", "softmax_cross_entropy"}, default "sse"
     l2 : float, default 0
         Adds ``½ l2 Σ‖W‖²`` to the loss and ``l2 v_W`` to H v.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights (weighted loss and batch statistics), as in
+        :func:`bnmat.value_and_grad`.
 
     Returns
     -------
@@ -278,5 +295,6 @@ def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0):
     [['w'], ['beta', 'gamma'], [], ['b', 'w']]
     """
     del state
-    return value_grad_hvp(net, params, None, x, y, v, loss=loss, l2=l2)[2]
+    return value_grad_hvp(net, params, None, x, y, v, loss=loss, l2=l2,
+                          sample_weight=sample_weight)[2]
 

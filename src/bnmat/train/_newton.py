@@ -23,7 +23,8 @@ NEWTON_METHODS = ("trust-ncg", "trust-krylov", "newton-cg")
 
 def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
                method: str = "trust-ncg", max_iter: int = 100, tol: float = 1e-8,
-               callback: Callable | None = None, population_stats: bool = True) -> FitResult:
+               callback: Callable | None = None, population_stats: bool = True,
+               sample_weight=None) -> FitResult:
     """Full-batch training by a Newton-type method with exact Hessian-vector products.
 
     The sibling of :func:`fit_lbfgs`: θ is flattened into one float64 vector and
@@ -51,6 +52,8 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
         "params", "state"}``; returning True stops.
     population_stats : bool, default True
         Set the batch norms' stored statistics to the exact statistics of ``x``.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights, as in :func:`bnmat.value_and_grad`.
 
     Returns
     -------
@@ -66,6 +69,9 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
     x, y = check_xy(x, y)
     max_iter = positive_int(max_iter, "max_iter")
     l2 = check_l2(l2)
+    if sample_weight is not None:
+        from ._weighted import check_sample_weight
+        sample_weight = check_sample_weight(sample_weight, x.shape[0])
     leaves = tree_leaves(params)
     xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
     host = [to_numpy(a) for a in leaves]
@@ -88,7 +94,8 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
     def objective(theta):
         try:
             value, grads, _ = value_grad_hvp(net, unflatten(theta), state, x, y,
-                                             zero_direction, loss=loss, l2=l2)
+                                             zero_direction, loss=loss, l2=l2,
+                                             sample_weight=sample_weight)
         except ValueError as exc:
             if is_nonfinite_error(exc):
                 return math.inf, np.zeros_like(theta)
@@ -99,7 +106,7 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
 
     def hessp(theta, direction):
         _, _, hv = value_grad_hvp(net, unflatten(theta), state, x, y, unflatten(direction),
-                                  loss=loss, l2=l2)
+                                  loss=loss, l2=l2, sample_weight=sample_weight)
         return flatten(hv)
 
     history = {"epoch": [], "loss": [], "val_loss": []}
@@ -122,6 +129,10 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
     if not np.all(np.isfinite(result.x)):
         raise divergence_error(len(history["epoch"]) + 1, params, state, history)
     new_params = unflatten(result.x)
-    if population_stats:
+    if population_stats and sample_weight is not None:
+        from ._weighted import as_weights_like, weighted_population_statistics
+        state = weighted_population_statistics(net, new_params, state, x,
+                                               as_weights_like(sample_weight, x))
+    elif population_stats:
         state = population_statistics(net, new_params, state, x)
     return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])
