@@ -31,6 +31,7 @@ _LAZY = {
     # training
     "value_and_grad": "train", "fit": "train", "fit_lbfgs": "train",
     "population_statistics": "train", "FitResult": "train", "DivergenceError": "train",
+    "hvp": "train", "fit_newton": "train", "check_hvp": "gradcheck",
     # persistence
     "save": "io", "load": "io", "register_layer": "io",
     # estimators

@@ -43,6 +43,8 @@ __all__ = [
     "dense_jacobians",
     "batchnorm_jacobians",
     "batchnorm_inference_jacobians",
+    "BatchNormBackwardJacobians",
+    "batchnorm_backward_jacobians",
     "activation_jacobian",
     "loss_jacobian",
     "vjp_from_jacobian",
@@ -63,6 +65,17 @@ class BatchNormJacobians(NamedTuple):
     jx: np.ndarray       # (N·p, N·p)  blockdiag_j(γ_j s_j (C − ẑ_j ẑ_jᵀ/(N − ddof)))
     jgamma: np.ndarray   # (N·p, p)    diag(vec Ẑ)(I_p ⊗ 1_N)
     jbeta: np.ndarray    # (N·p, p)    I_p ⊗ 1_N
+
+
+class BatchNormBackwardJacobians(NamedTuple):
+    """Jacobians of the first-order batch-norm backward ``(dX, dγ, dβ)(G, X, γ)``."""
+
+    dx_dy: np.ndarray      # (N·p, N·p)  blockdiag_j(γ_j s_j P_j)
+    dx_dx: np.ndarray      # (N·p, N·p)  blockdiag_j(K_j)
+    dx_dgamma: np.ndarray  # (N·p, p)    diag(vec(P(G) diag(s)))(I_p ⊗ 1_N)
+    dgamma_dy: np.ndarray  # (p, N·p)    (I_p ⊗ 1_N)ᵀ diag(vec X̂)
+    dgamma_dx: np.ndarray  # (p, N·p)    blockdiag_j(s_j g_jᵀ P_j)
+    dbeta_dy: np.ndarray   # (p, N·p)    (I_p ⊗ 1_N)ᵀ
 
 
 # --------------------------------------------------------------------------- helpers
@@ -521,3 +534,85 @@ def loss_jacobian(name: str, y_pred, y) -> np.ndarray:
         return -(vec(y) @ _log_softmax_jacobian(y_pred))[None, :] / n
     row = 2.0 * vec(y_pred - y)[None, :]
     return row if name == "sse" else row / y_pred.size
+
+
+def batchnorm_backward_jacobians(
+    dy, x, gamma, *, eps: float = 1e-5, ddof: int = 0, weights=None
+) -> BatchNormBackwardJacobians:
+    """Jacobians of the batch-norm backward pass: the second-order reference.
+
+    The first-order backward maps (G, X, γ) to ``dX = P(G) diag(γ ∘ s)``,
+    ``dγ = 1ᵀ(G ∘ X̂)``, ``dβ = 1ᵀG`` (``docs/derivation.md`` §11.2; §12 with
+    weights). Per column j, with n = 1ᵀw, n′ = n − ddof, W = diag(w),
+    ``Q_j = C_w − x̂_j (W x̂_j)ᵀ/n′`` (``C_w = I − 1wᵀ/n``; without weights
+    ``Q_j = P_j = C − x̂_j x̂_jᵀ/n′``) and ``dγ_j = x̂_jᵀ g_j``::
+
+        dx_dy     = blockdiag_j( γ_j s_j Q_jᵀ )
+        dx_dx     = blockdiag_j( K_j ),
+                    K_j = −(γ_j s_j²/n′)[ (Q_jᵀ g_j)(W x̂_j)ᵀ + dγ_j W Q_j + W x̂_j g_jᵀ Q_j ]
+        dx_dgamma = diag(vec(Qᵀ(G) diag(s))) (I_p ⊗ 1_N)
+        dgamma_dy = (I_p ⊗ 1_N)ᵀ diag(vec X̂)
+        dgamma_dx = blockdiag_j( s_j g_jᵀ Q_j )
+        dbeta_dy  = (I_p ⊗ 1_N)ᵀ
+
+    The double backward (:func:`bnmat.ops.batchnorm_double_backward`) is the
+    transpose of these applied to the cotangents.
+
+    Parameters
+    ----------
+    dy : array, shape (N, p)
+        G, the upstream gradient.
+    x : array, shape (N, p)
+    gamma : array, shape (p,)
+    eps : float, default 1e-5
+    ddof : int, default 0
+    weights : array, shape (N,), optional
+        Frequency weights (§12 of the derivation).
+
+    Returns
+    -------
+    BatchNormBackwardJacobians
+        Dense float64 matrices (fields and shapes in the class).
+    """
+    _check_eps(eps)
+    if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
+    z = _matrix(x, "x")
+    n_rows, p = z.shape
+    g = _matrix(dy, "dy")
+    if g.shape != z.shape:
+        raise ValueError(f"dy must have shape {z.shape}; got {g.shape}")
+    gamma = _vector(gamma, "gamma", p)
+    w = np.ones(n_rows) if weights is None else _vector(weights, "weights", n_rows)
+    n = float(w.sum())
+    if n - ddof <= 0:
+        raise ValueError(f"the total weight minus ddof must be positive; got {n - ddof}")
+    _check_size("batchnorm_backward_jacobians", n_rows * p)
+    n_eff = n - ddof
+    c_w = np.eye(n_rows) - np.outer(np.ones(n_rows), w) / n
+    u = c_w @ z
+    var = (w @ (u * u)) / n_eff
+    if eps == 0 and np.any(var == 0):
+        raise ValueError("a column of x has zero variance and eps=0")
+    s = 1.0 / np.sqrt(var + eps)
+    x_hat = u * s
+    wm = np.diag(w)
+    blocks_dy, blocks_dx, qtg, rows_dgx = [], [], [], []
+    for j in range(p):
+        xh, gj = x_hat[:, j], g[:, j]
+        q = c_w - np.outer(xh, w * xh) / n_eff
+        dg = xh @ gj
+        blocks_dy.append(gamma[j] * s[j] * q.T)
+        blocks_dx.append(-(gamma[j] * s[j] ** 2 / n_eff) * (
+            np.outer(q.T @ gj, w * xh) + dg * (wm @ q) + np.outer(w * xh, gj @ q)))
+        qtg.append(q.T @ gj * s[j])
+        rows_dgx.append((s[j] * (gj @ q))[None, :])
+    ones_blocks = _ones_blocks(n_rows, p)
+    return BatchNormBackwardJacobians(
+        dx_dy=block_diag(*blocks_dy),
+        dx_dx=block_diag(*blocks_dx),
+        dx_dgamma=np.diag(np.concatenate(qtg)) @ ones_blocks,
+        dgamma_dy=ones_blocks.T @ np.diag(vec(x_hat)),
+        dgamma_dx=block_diag(*rows_dgx),
+        dbeta_dy=ones_blocks.T,
+    )

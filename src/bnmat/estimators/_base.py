@@ -156,8 +156,12 @@ class _BNMLPBase(BaseEstimator):
 
     # ---------------------------------------------------------------- training
 
-    def _fit_network(self, x: np.ndarray, target: np.ndarray, stratify=None):
-        """Train on ``x`` (N, p) and the float target ``target`` (N, k); set fitted attributes."""
+    def _fit_network(self, x: np.ndarray, target: np.ndarray, stratify=None, sample_weight=None):
+        """Train on ``x`` (N, p) and the float target ``target`` (N, k); set fitted attributes.
+
+        ``sample_weight`` (N,) float64 or None: frequency weights, in the
+        scaling of X, the loss, the batch statistics and the penalty's N (1ᵀw).
+        """
         hidden = self._check_params()
         n = x.shape[0]
         self._check_rows(n)
@@ -167,7 +171,8 @@ class _BNMLPBase(BaseEstimator):
         # Standardizing X changes no fitted function (the first dense layer is
         # followed by batch norm, or is affine itself), only the conditioning
         # of the optimization: every column starts on the same scale.
-        self.x_scaling_ = fit_scaling(x)
+        sw = sample_weight
+        self.x_scaling_ = fit_scaling(x, sample_weight=sw)
         xs = self.x_scaling_.apply(x)
         self.n_outputs_ = target.shape[1]
         self.net_ = build_mlp(hidden, self.activation, self.n_outputs_, eps=float(self.bn_eps),
@@ -177,17 +182,22 @@ class _BNMLPBase(BaseEstimator):
         x_val = t_val = None
         x_tr, t_tr = xs, target
         if stochastic and self.early_stopping:
-            x_tr, x_val, t_tr, t_val = train_test_split(
-                xs, target, test_size=self.validation_fraction, random_state=seed_split,
+            parts = train_test_split(
+                xs, target, *(() if sw is None else (sw,)),
+                test_size=self.validation_fraction, random_state=seed_split,
                 stratify=stratify,
             )
+            x_tr, x_val, t_tr, t_val = parts[:4]
+            if sw is not None:
+                sw = parts[4]
             self._check_rows(x_tr.shape[0], "the training part after the validation split")
 
         params, state = self.net_.init(x_tr, seed=seed_init)
         # The penalty is α‖W‖²/(2N)·c on the dense weights, with c = 2 for the
         # squared loss (scikit-learn halves that loss) and 1 for cross-entropy;
         # N is the number of training rows (scikit-learn uses the batch size).
-        l2 = self._l2_factor * float(self.alpha) / x_tr.shape[0]
+        n_rows = x_tr.shape[0] if sw is None else float(np.sum(sw))
+        l2 = self._l2_factor * float(self.alpha) / n_rows
         if stochastic:
             batch = min(200, x_tr.shape[0]) if self.batch_size == "auto" else int(self.batch_size)
             if batch > x_tr.shape[0]:
@@ -218,11 +228,12 @@ class _BNMLPBase(BaseEstimator):
                 validation_data=None if x_val is None else (x_val, t_val),
                 early_stopping=True, patience=int(self.n_iter_no_change), tol=float(self.tol),
                 seed=seed_fit, shuffle=bool(self.shuffle), progress=bool(self.verbose),
-                callback=record_score,
+                callback=record_score, sample_weight=sw,
             )
         else:
             result = train.fit_lbfgs(self.net_, params, state, x_tr, t_tr, loss=self._loss_name,
-                                     l2=l2, max_iter=int(self.max_iter), tol=float(self.tol))
+                                     l2=l2, max_iter=int(self.max_iter), tol=float(self.tol),
+                                     sample_weight=sw)
 
         # Both training functions end by replacing the running averages with
         # exact statistics of all training rows (population_statistics), so
@@ -423,7 +434,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         )
         self.standardize_y = standardize_y
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the network to X and y.
 
         Parameters
@@ -433,6 +444,13 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             kept (training and predictions in float32), other numbers become
             float64.
         y : array-like, shape (N,) or (N, k)
+        sample_weight : array-like, shape (N,), optional
+            Frequency weights ≥ 0: a row of weight k counts as k copies of the
+            row in the loss, in every batch norm's batch statistics, in the
+            standardization of X and y and in the penalty's N. With
+            ``solver="lbfgs"`` integer weights give the fit on repeated rows
+            (up to rounding); the stochastic solvers draw mini-batches of rows,
+            so there the equivalence holds in expectation only.
 
         Returns
         -------
@@ -451,14 +469,15 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             raise ValueError(f"standardize_y must be True or False; got {self.standardize_y!r}")
         X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", multi_output=True,
                              y_numeric=True)
+        sw = _sample_weight(sample_weight, X.shape[0])
         self._y_ndim = y.ndim
         target = np.ascontiguousarray(np.asarray(y, dtype=X.dtype).reshape(X.shape[0], -1))
         if self.standardize_y:
-            self.y_scaling_ = fit_scaling(target)
+            self.y_scaling_ = fit_scaling(target, sample_weight=sw)
         else:
             k = target.shape[1]
             self.y_scaling_ = Scaling(mean=np.zeros(k), scale=np.ones(k))
-        return self._fit_network(X, self.y_scaling_.apply(target))
+        return self._fit_network(X, self.y_scaling_.apply(target), sample_weight=sw)
 
     def _validation_score(self, out, t_val) -> float:
         # R² of the standardized targets equals R² of the original ones.
@@ -533,7 +552,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
     _loss_name = "softmax_cross_entropy"
     _l2_factor = 1.0  # α‖W‖²/(2N), scikit-learn's
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the network to X and the class labels y.
 
         Parameters
@@ -541,6 +560,8 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         X : array-like, shape (N, p)
         y : array-like, shape (N,)
             Class labels (numbers or strings), at least two distinct.
+        sample_weight : array-like, shape (N,), optional
+            Frequency weights, as in :meth:`BNMLPRegressor.fit`.
 
         Returns
         -------
@@ -553,6 +574,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
             or a single class.
         """
         X, y = validate_data(self, X, y, dtype=_FLOATS, order="C")
+        sw = _sample_weight(sample_weight, X.shape[0])
         check_classification_targets(y)
         self._check_rows(X.shape[0])
         classes, codes = np.unique(y, return_inverse=True)
@@ -564,7 +586,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         self.classes_ = classes
         onehot = np.zeros((X.shape[0], classes.shape[0]), dtype=X.dtype)
         onehot[np.arange(X.shape[0]), codes] = 1
-        return self._fit_network(X, onehot, stratify=codes)
+        return self._fit_network(X, onehot, stratify=codes, sample_weight=sw)
 
     def _validation_score(self, out, t_val) -> float:
         return float(np.mean(np.argmax(out, axis=1) == np.argmax(t_val, axis=1)))
@@ -611,3 +633,11 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         """
         z = self._forward(X)  # checks that the model is fitted
         return self.classes_[np.argmax(z, axis=1)]
+
+
+def _sample_weight(sample_weight, n_rows):
+    """None, or validated frequency weights as float64 (N,)."""
+    if sample_weight is None:
+        return None
+    from .train._weighted import check_sample_weight
+    return check_sample_weight(sample_weight, n_rows)

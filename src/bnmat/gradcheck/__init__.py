@@ -34,6 +34,7 @@ of a famous batch-norm test — every formula that also returns zero passes.
 Such cases emit a :class:`DegenerateCheckWarning` and are listed in the report.
 """
 
+from ._check_hvp import HVPCheckReport, HVPDirection, check_hvp
 from ._check_grad import DirectionalCheck, GradCheckReport, ParamCheck, check_grad
 from ._numerical import DegenerateCheckWarning, numerical_grad
 from ._vjp import VJPCheckReport, assert_vjp, check_vjp
@@ -42,6 +43,9 @@ __all__ = [
     "DegenerateCheckWarning",
     "numerical_grad",
     "check_grad",
+    "check_hvp",
+    "HVPCheckReport",
+    "HVPDirection",
     "GradCheckReport",
     "ParamCheck",
     "DirectionalCheck",

@@ -90,16 +90,24 @@ class Scaling(NamedTuple):
         return (z * self.scale + self.mean).astype(z.dtype, copy=False)
 
 
-def fit_scaling(x: np.ndarray) -> Scaling:
+def fit_scaling(x: np.ndarray, sample_weight=None) -> Scaling:
     """Means and standard deviations of the columns of ``x``, shape (N, p).
 
     Computed by the corrected two-pass algorithm, accumulated in float64
     (:func:`bnmat.ops.batchnorm.column_moments`), so large means with small
-    spreads are standardized correctly also for float32 data.
+    spreads are standardized correctly also for float32 data. With
+    ``sample_weight`` (N,), the weighted (frequency-weight) mean and standard
+    deviation, so that integer weights equal repeated rows.
     """
-    moments = column_moments(np.asarray(x), ddof=0)
-    mean = np.asarray(moments.mean, dtype=np.float64)
-    scale = np.sqrt(np.asarray(moments.var, dtype=np.float64))
+    if sample_weight is not None:
+        from .ops.batchnorm_weighted import weighted_column_moments
+        mean, var, _ = weighted_column_moments(np.asarray(x), np.asarray(sample_weight))
+        mean = np.asarray(mean, dtype=np.float64)
+        scale = np.sqrt(np.asarray(var, dtype=np.float64))
+    else:
+        moments = column_moments(np.asarray(x), ddof=0)
+        mean = np.asarray(moments.mean, dtype=np.float64)
+        scale = np.sqrt(np.asarray(moments.var, dtype=np.float64))
     # A column whose spread is rounding noise relative to its level is constant.
     tiny = 10 * np.finfo(np.asarray(x).dtype if np.issubdtype(np.asarray(x).dtype, np.floating)
                          else np.float64).eps * np.maximum(1.0, np.abs(mean))

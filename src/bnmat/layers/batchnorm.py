@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
-from .._array_api import get_namespace
+from .._array_api import as_float, get_namespace
 from ..ops.batchnorm import BatchNormCache
+from ..ops.batchnorm_inference import BatchNormInferenceCache
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
 from ._sync import SyncBatchNormCache, active_reducer
@@ -116,7 +117,7 @@ class BatchNorm:
         state = {"mean": np.zeros(p), "var": np.ones(p), "count": np.asarray(0, dtype=np.int64)}
         return p, params, state
 
-    def forward(self, params, state, x, *, training: bool):
+    def forward(self, params, state, x, *, training: bool, sample_weight=None):
         """Normalize ``x`` with batch statistics (training) or stored ones (inference).
 
         Parameters
@@ -128,6 +129,11 @@ class BatchNorm:
         x : array, shape (N, p)
             N ≥ max(2, ddof + 1) in training mode; any N ≥ 1 in inference.
         training : bool
+        sample_weight : array, shape (N,), optional
+            Row weights for the batch statistics in training mode (frequency
+            convention, :func:`bnmat.ops.batchnorm_forward` with ``weights=``;
+            the running statistics then average weighted batch statistics).
+            Ignored in inference mode.
 
         Returns
         -------
@@ -140,18 +146,28 @@ class BatchNorm:
         check_keys(params, ("gamma", "beta"), self)
         if not training:
             check_keys(state, ("mean", "var"), self, "state", optional=("count",))
+            if x.shape[0] == 0 and active_reducer() is not None:
+                # An empty shard of a batch spread over processes: the public op
+                # refuses 0 rows, but this rank still takes part in the step.
+                xp = get_namespace(x)
+                x = as_float(x, "x", xp)
+                scale = xp.asarray(params["gamma"] / np.sqrt(state["var"] + self.eps), dtype=x.dtype)
+                return x, state, BatchNormInferenceCache(x_hat=x, scale=scale)
             y, cache = ops.batchnorm_inference_forward(
                 x, params["gamma"], params["beta"], state["mean"], state["var"], eps=self.eps
             )
             return y, state, cache
         reducer = active_reducer()
         if reducer is not None:   # rows on several processes: the whole batch's statistics
+            if sample_weight is not None:
+                raise ValueError("sample_weight cannot be combined with a distributed reducer")
             from ._sync import sync_batchnorm_forward
             y, cache = sync_batchnorm_forward(x, params["gamma"], params["beta"], eps=self.eps,
                                               ddof=self.ddof, reducer=reducer)
             return y, self._updated_state(state, cache.mean, cache.var), cache
+        weights = {} if sample_weight is None else {"weights": sample_weight}
         y, cache = ops.batchnorm_forward(
-            x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof
+            x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof, **weights
         )
         return y, self._updated_state(state, cache.mean, cache.var), cache
 

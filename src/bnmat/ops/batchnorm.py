@@ -139,7 +139,7 @@ def _first(mask) -> int:
     return int(to_numpy(mask).nonzero()[0][0])
 
 
-def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
+def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, weights=None):
     """Batch normalization in training mode, with batch statistics.
 
     Formula::
@@ -178,6 +178,9 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0):
     """
     from .. import _kernels  # fused CPU kernels for NumPy input
 
+    if weights is not None:  # the reference path: the kernels take no weights
+        from .batchnorm_weighted import weighted_batchnorm_forward
+        return weighted_batchnorm_forward(x, gamma, beta, weights, eps=eps, ddof=ddof)
     if _kernels.wants(x, gamma, beta):
         return _kernels.batchnorm_forward(x, gamma, beta, eps=eps, ddof=ddof)
     eps, ddof = check_eps(eps), check_ddof(ddof)
@@ -253,6 +256,9 @@ def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
     """
     from .. import _kernels  # fused CPU kernels: a kernel cache, or NumPy input
 
+    if getattr(cache, "weights", None) is not None:  # from batchnorm_forward(weights=...)
+        from .batchnorm_weighted import weighted_batchnorm_backward
+        return weighted_batchnorm_backward(dy, cache)
     if _kernels.batchnorm_backward_applies(dy, cache):
         return _kernels.batchnorm_backward(dy, cache)
     x_hat, inv_std, gamma, _, _, ddof = cache

@@ -20,7 +20,9 @@ mini-batches are made of whole groups of the first factor.
 
 from ._fit import DivergenceError, FitResult, fit
 from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
+from ._hvp import hvp, value_grad_hvp
 from ._lbfgs import fit_lbfgs
+from ._newton import NEWTON_METHODS, fit_newton
 from ._statistics import population_statistics
 
 __all__ = [
@@ -31,6 +33,10 @@ __all__ = [
     "population_statistics",
     "fit",
     "fit_lbfgs",
+    "hvp",
+    "fit_newton",
+    "NEWTON_METHODS",
+    "value_grad_hvp",
     "FitResult",
     "DivergenceError",
     "WITHIN_LOSSES",

@@ -156,7 +156,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         early_stopping: bool = False, patience: int = 10, tol: float = 1e-4,
         seed=0, shuffle: bool = True, callback: Callable | None = None,
         progress: bool = True, drop_last: str = "merge",
-        population_stats: bool = True, groups=None, reducer=None) -> FitResult:
+        population_stats: bool = True, groups=None, reducer=None,
+        sample_weight=None) -> FitResult:
     """Train a network with a first-order optimizer, in full or mini-batches.
 
     Each epoch visits the training rows once, in mini-batches drawn from a
@@ -239,6 +240,13 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         the result equals one process's on the concatenated data. The
         progress bar shows on rank 0 only; ``validation_fraction`` is not
         supported (pass ``validation_data``). See ``docs/scaling.md``.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights of the rows, as in :func:`value_and_grad` (weighted
+        loss and weighted batch statistics in every mini-batch; the final
+        population statistics are weighted too). A validation split by
+        ``validation_fraction`` keeps its rows' weights and its loss is
+        weighted; an explicit ``validation_data`` is unweighted. Not combined
+        with ``groups``.
 
     Returns
     -------
@@ -270,6 +278,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     if reducer is not None:
         from ._distributed import distributed_fit, is_distributed
         if is_distributed(reducer):
+            if sample_weight is not None:
+                raise ValueError("sample_weight cannot be combined with a distributed reducer")
             return distributed_fit(
                 net, params, state, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
                 batch_size=batch_size, l2=l2, validation_data=validation_data,
@@ -280,6 +290,12 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     x, y = check_xy(x, y)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
+    sw = w_val = None
+    if sample_weight is not None:
+        from ._weighted import check_sample_weight
+        if factors is not None:
+            raise ValueError("sample_weight and groups cannot be combined")
+        sw = check_sample_weight(sample_weight, x.shape[0])
     optimizer = adam(1e-3) if optimizer is None else optimizer
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
@@ -315,6 +331,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         x_val, y_val = take_rows(x, val_idx), take_rows(y, val_idx)
         x, y = take_rows(x, train_idx), take_rows(y, train_idx)
+        if sw is not None:
+            w_val, sw = sw[val_idx], sw[train_idx]
     has_val = x_val is not None
 
     n = x.shape[0]
@@ -340,7 +358,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                     try:
                         value, grads, new_state = value_and_grad(
                             net, params, state, xb, yb, loss, l2=l2,
-                            groups=take_factors(factors, idx))
+                            groups=take_factors(factors, idx),
+                            sample_weight=None if sw is None else take_rows(sw, idx))
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -359,8 +378,13 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                             # Held-out groups are the same every epoch: say so once.
                             if epoch > 1:
                                 warnings.simplefilter("ignore", UnseenGroupWarning)
-                            val_loss = loss_value(net, params, state, x_val, y_val, loss,
-                                                  groups=g_val)
+                            if w_val is not None:
+                                val_loss = value_and_grad(net, params, state, x_val, y_val,
+                                                          loss, training=False,
+                                                          sample_weight=w_val)[0]
+                            else:
+                                val_loss = loss_value(net, params, state, x_val, y_val,
+                                                      loss, groups=g_val)
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -389,7 +413,10 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
 
     if early_stopping:
         params, state = best_params, best_state
-    if population_stats:
+    if population_stats and sw is not None:
+        from ._weighted import as_weights_like, weighted_population_statistics
+        state = weighted_population_statistics(net, params, state, x, as_weights_like(sw, x))
+    elif population_stats:
         state = population_statistics(net, params, state, x, batch_size=batch_size,
                                       groups=factors)
     return FitResult(params, state, history, best_epoch, stopped_early)

@@ -147,7 +147,7 @@ def check_l2(l2) -> float:
 
 
 def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = True,
-                   l2: float = 0.0, groups=None, reducer=None):
+                   l2: float = 0.0, groups=None, reducer=None, sample_weight=None):
     """The loss of a network and its gradient with respect to every parameter.
 
     Forward through ``net`` (training or inference mode), the loss, then the
@@ -195,6 +195,11 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
         rank. Losses "sse", "mse" and "softmax_cross_entropy"; a rank may hold
         no rows. None or a reducer of size 1: the ordinary path. See
         :mod:`bnmat.distributed` and ``docs/scaling.md``.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights w ≥ 0: the loss is Σᵢ wᵢ·(row i's loss) (the means
+        divide by 1ᵀw) and every batch norm uses weighted batch statistics, so
+        integer weights equal repeated rows (:mod:`bnmat.train._weighted`;
+        reference path, Sequential networks without group layers).
 
     Returns
     -------
@@ -212,10 +217,18 @@ def value_and_grad(net, params, state, x, y, loss="sse", *, training: bool = Tru
     if reducer is not None:
         from ._distributed import distributed_value_and_grad, is_distributed
         if is_distributed(reducer):
+            if sample_weight is not None:
+                raise ValueError("sample_weight cannot be combined with a distributed reducer")
             return distributed_value_and_grad(net, params, state, x, y, loss,
                                               training=training, l2=l2, groups=groups,
                                               reducer=reducer)
     l2 = check_l2(l2)
+    if sample_weight is not None:
+        if groups is not None:
+            raise ValueError("sample_weight and groups cannot be combined")
+        from ._weighted import weighted_value_and_grad
+        return weighted_value_and_grad(net, params, state, x, y, loss, training=training,
+                                       l2=l2, sample_weight=sample_weight)
     factors = as_factors(groups, x.shape[0])
     forward, backward, name = resolve_loss(loss, for_loss(factors))
     y_pred, new_state, cache = net.forward(params, state, x, training=training,

@@ -20,7 +20,8 @@ __all__ = ["fit_lbfgs"]
 
 def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter: int = 200,
               tol: float = 1e-7, callback: Callable | None = None,
-              population_stats: bool = True, groups=None, reducer=None) -> FitResult:
+              population_stats: bool = True, groups=None, reducer=None,
+              sample_weight=None) -> FitResult:
     """Full-batch training by L-BFGS-B (:func:`scipy.optimize.minimize`) with exact gradients.
 
     The parameters are flattened into one float64 vector θ; each evaluation
@@ -47,6 +48,9 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
         ``x`` and ``y`` are this rank's rows; the objective and its gradient
         are those of all ranks' rows, so every rank takes the same iterates
         (checked at every evaluation). See :mod:`bnmat.distributed`.
+    sample_weight : array_like, shape (N,), optional
+        Frequency weights, as in :func:`value_and_grad`; the population
+        statistics are weighted too.
 
     Returns
     -------
@@ -65,6 +69,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     if reducer is not None:
         from ._distributed import distributed_fit_lbfgs, is_distributed
         if is_distributed(reducer):
+            if sample_weight is not None:
+                raise ValueError("sample_weight cannot be combined with a distributed reducer")
             return distributed_fit_lbfgs(net, params, state, x, y, loss=loss, l2=l2,
                                          max_iter=max_iter, tol=tol, callback=callback,
                                          population_stats=population_stats, groups=groups,
@@ -72,6 +78,9 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     x, y = check_xy(x, y)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
+    if sample_weight is not None:
+        from ._weighted import check_sample_weight
+        sample_weight = check_sample_weight(sample_weight, x.shape[0])
     leaves = tree_leaves(params)
     xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
     host = [to_numpy(a) for a in leaves]
@@ -93,7 +102,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     def objective(theta):
         p = unflatten(theta)
         try:
-            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2, groups=factors)
+            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2, groups=factors,
+                                             sample_weight=sample_weight)
         except ValueError as exc:
             if is_nonfinite_error(exc):
                 return math.inf, np.zeros_like(theta)
@@ -124,6 +134,10 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     if not np.all(np.isfinite(result.x)):
         raise divergence_error(len(history["epoch"]) + 1, params, state, history)
     new_params = unflatten(result.x)
-    if population_stats:
+    if population_stats and sample_weight is not None:
+        from ._weighted import as_weights_like, weighted_population_statistics
+        state = weighted_population_statistics(net, new_params, state, x,
+                                               as_weights_like(sample_weight, x))
+    elif population_stats:
         state = population_statistics(net, new_params, state, x, groups=factors)
     return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])
