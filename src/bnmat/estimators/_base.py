@@ -639,5 +639,5 @@ def _sample_weight(sample_weight, n_rows):
     """None, or validated frequency weights as float64 (N,)."""
     if sample_weight is None:
         return None
-    from .train._weighted import check_sample_weight
+    from ..train._weighted import check_sample_weight
     return check_sample_weight(sample_weight, n_rows)

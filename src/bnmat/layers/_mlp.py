@@ -100,7 +100,7 @@ def fit_scaling(x: np.ndarray, sample_weight=None) -> Scaling:
     deviation, so that integer weights equal repeated rows.
     """
     if sample_weight is not None:
-        from .ops.batchnorm_weighted import weighted_column_moments
+        from ..ops.batchnorm_weighted import weighted_column_moments
         mean, var, _ = weighted_column_moments(np.asarray(x), np.asarray(sample_weight))
         mean = np.asarray(mean, dtype=np.float64)
         scale = np.sqrt(np.asarray(var, dtype=np.float64))
