@@ -34,6 +34,30 @@ _SOLVERS = ("adam", "sgd", "lbfgs")
 _FLOATS = (np.float64, np.float32)
 
 
+#: Rows up to which solver="auto" picks full-batch L-BFGS.
+AUTO_LBFGS_ROWS = 10_000
+
+
+def auto_solver(n: int) -> str:
+    """The solver of ``solver="auto"`` for n training rows.
+
+    Full-batch L-BFGS (exact gradients, deterministic objective) up to
+    :data:`AUTO_LBFGS_ROWS` rows, where a full pass is cheap; Adam on
+    mini-batches above.
+    """
+    return "lbfgs" if n <= AUTO_LBFGS_ROWS else "adam"
+
+
+def auto_batch_size(n: int) -> int:
+    """Rows per mini-batch of ``batch_size="auto"``: ``min(200, max(16, ⌈n/10⌉))``, at most n.
+
+    An epoch of n ≥ 160 rows has at least ten steps, so a small data set is
+    never trained by one step per epoch (which stalls "early stopping on the
+    training loss" long before convergence).
+    """
+    return int(min(n, 200, max(16, -(-n // 10))))
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -20,7 +20,8 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..estimators._base import _BNMLPBase
+from ..estimators._base import _BNMLPBase, auto_batch_size, auto_solver
+from .inference import COV_TYPES, INFERENCE, crossfit_inference, within_inference
 from .model import EFFECTS, fit_panel, within_r2_score
 
 __all__ = ["PanelBNMLPRegressor"]
@@ -70,15 +71,17 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
         (:class:`bnmat.layers.GroupBatchNorm`), so that f sees every unit's
         deviations from its own typical values. Every unit needs at least
         ``max(2, bn_ddof + 1)`` rows.
-    solver : {"adam", "sgd", "lbfgs"}, default "adam"
+    solver : {"auto", "adam", "sgd", "lbfgs"}, default "auto"
         adam and sgd train on mini-batches of **whole units** (so each unit's
         effect is profiled out within its batch); lbfgs trains full-batch with
-        exact gradients.
+        exact gradients. "auto": lbfgs up to 10,000 rows, adam above
+        (:func:`bnmat.estimators.auto_solver`).
     alpha : float, default 1e-4
-        L2 penalty on the network's dense weights.
+        L2 penalty on the network's dense weights (never on b).
     batch_size : int or "auto", default "auto"
         At least this many rows per mini-batch, in whole units; "auto" is
-        ``min(200, N)``.
+        ``min(200, max(16, ⌈N/10⌉))`` rows, so an epoch has about ten steps
+        or more (:func:`bnmat.estimators.auto_batch_size`).
     tol : float or None, default None
         adam and sgd: stop when the loss has not improved by ``tol`` for
         ``n_iter_no_change`` epochs (None: 1e-4, scikit-learn's value). lbfgs:
@@ -87,15 +90,54 @@ class PanelBNMLPRegressor(RegressorMixin, _BNMLPBase):
     learning_rate_init, max_iter, shuffle, random_state, verbose, momentum, \
 nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         As in :class:`bnmat.BNMLPRegressor`.
-    early_stopping : bool, default False
+    early_stopping : bool, default True
         Hold out ``validation_fraction`` of the **units** and stop on their
-        within loss.
+        within loss (every solver; lbfgs per iteration), keeping the best
+        epoch. False: stop when the training loss stalls.
     validation_fraction : float, default 0.1
+    linear_fallback : bool, default True
+        With ``early_stopping``: also fit the linear fixed-effects regression
+        on the linear columns and every identified network column, on the
+        same training units, and keep it (refitted on all rows, exactly) when
+        the network does not predict the held-out units' within variation
+        better. ``selected_`` says which was kept.
+    inference : {"none", "crossfit"}, default "none"
+        Standard errors for the linear coefficients when there is a network.
+        "crossfit": the cross-fitted, Neyman-orthogonal partialling-out
+        estimate (:mod:`bnmat.panel_inference`): ``cv`` folds of whole units;
+        for each, networks with the estimator's settings fitted on the other
+        folds predict y and each linear column from the network columns;
+        b is the regression of the held-out, within-demeaned residuals of y
+        on those of the linear columns, with the standard errors of
+        ``cov_type``. It costs ``cv × (1 + k)`` extra network fits, hence
+        not the default. Without a network the within regression is exact and
+        its standard errors are always computed.
+    cv : int, default 5
+        Folds of units for ``inference="crossfit"``.
+    cov_type : {"clustered", "robust", "unadjusted"}, default "clustered"
+        Covariance of the linear coefficients: clustered by unit, White's
+        heteroskedasticity-robust, or homoskedastic; equal to
+        ``linearmodels.PanelOLS(...).fit(cov_type=..., cluster_entity=True)``
+        (its default adjustments) when there is no network.
 
     Attributes
     ----------
     coef_linear_ : dict
-        Feature name → b, on the original scales of X and y.
+        Feature name → b, on the original scales of X and y: the estimate the
+        standard errors belong to (the cross-fitted one with
+        ``inference="crossfit"``, else the fitted model's; after a linear
+        fallback every linear column of the fitted linear model, whose
+        standard errors do not account for the selection).
+    coef_linear_model_ : dict
+        The linear coefficients of the fitted model, which ``predict`` uses
+        (after a linear fallback, also those of the network columns).
+    stderr_linear_ : dict or None
+        Feature name → standard error; None for a network without
+        ``inference="crossfit"`` (a jointly trained, penalized fit has no
+        valid standard errors).
+    inference_ : bnmat.panel_inference.LinearInference or None
+    selected_ : {"network", "linear"}
+        What ``linear_fallback`` kept.
     effects_ : dict
         Unit label → α̂ (empty for ``effects="none"``), normalized to a
         row-weighted mean of zero over the training rows.
@@ -156,7 +198,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         linear_features=None,
         network_features=None,
         group_batchnorm=False,
-        solver="adam",
+        solver="auto",
         alpha=1e-4,
         batch_size="auto",
         learning_rate_init=1e-3,
@@ -167,13 +209,17 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         verbose=False,
         momentum=0.9,
         nesterovs_momentum=True,
-        early_stopping=False,
+        early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=10,
         bn_eps=1e-5,
         bn_ddof=0,
         bn_decay=0.9,
         standardize_y=True,
+        linear_fallback=True,
+        inference="none",
+        cv=5,
+        cov_type="clustered",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -199,6 +245,10 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         self.bn_ddof = bn_ddof
         self.bn_decay = bn_decay
         self.standardize_y = standardize_y
+        self.linear_fallback = linear_fallback
+        self.inference = inference
+        self.cv = cv
+        self.cov_type = cov_type
 
     def fit(self, X, y, groups=None, time=None):
         """Fit the panel network.
@@ -230,9 +280,15 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         hidden = self._check_params()
         if self.effects not in EFFECTS:
             raise ValueError(f"effects must be one of {EFFECTS}; got {self.effects!r}")
-        for name in ("group_batchnorm", "standardize_y"):
+        for name in ("group_batchnorm", "standardize_y", "linear_fallback"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        if self.inference not in INFERENCE:
+            raise ValueError(f"inference must be one of {INFERENCE}; got {self.inference!r}")
+        if self.cov_type not in COV_TYPES:
+            raise ValueError(f"cov_type must be one of {COV_TYPES}; got {self.cov_type!r}")
+        if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
+            raise ValueError(f"cv must be an integer >= 2; got {self.cv!r}")
         X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", y_numeric=True)
         n = X.shape[0]
         self._check_rows(n)
@@ -240,46 +296,39 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         names = None if names is None else [str(s) for s in names]
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
-        stochastic = self.solver != "lbfgs"
-        batch = None
-        if stochastic:
-            batch = min(200, n) if self.batch_size == "auto" else int(self.batch_size)
-            if batch > n:
-                warnings.warn(
-                    f"batch_size={batch} is larger than the {n} training samples; it is "
-                    "clipped to the sample size", UserWarning, stacklevel=2)
-                batch = n
-        model = fit_panel(
-            X, y, groups, time, effects=self.effects,
-            linear_features=self.linear_features, network_features=self.network_features,
-            feature_names=names, hidden=hidden, activation=self.activation,
-            solver=self.solver, alpha=float(self.alpha), batch_size=batch,
-            learning_rate=float(self.learning_rate_init), max_iter=int(self.max_iter),
-            tol=None if self.tol is None else float(self.tol), shuffle=bool(self.shuffle),
-            seed=seed,
-            momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum),
-            early_stopping=bool(self.early_stopping),
-            validation_fraction=float(self.validation_fraction),
-            patience=int(self.n_iter_no_change), bn_eps=float(self.bn_eps),
-            bn_ddof=int(self.bn_ddof), bn_decay=float(self.bn_decay),
-            standardize_y=bool(self.standardize_y), group_batchnorm=bool(self.group_batchnorm),
-            progress=bool(self.verbose),
-        )
+        solver = auto_solver(n) if self.solver == "auto" else self.solver
+        options = self._options(hidden, solver, n)
+        model = fit_panel(X, y, groups, time, effects=self.effects,
+                          linear_features=self.linear_features,
+                          network_features=self.network_features, feature_names=names,
+                          seed=seed, **options)
+        inference = self._linear_inference(model, X, y, groups, time, seed, hidden, solver)
         self.model_ = model
+        self.solver_ = solver
         self.net_, self.params_, self.state_ = model.net, model.params, model.state
         self.x_scaling_, self.y_scaling_ = model.x_scaling, model.y_scaling
-        self.coef_linear_ = model.coef_linear
+        lin_names = [model.feature_names[j] for j in
+                     self._requested_linear(model, X.shape[1])]
+        self.coef_linear_model_ = dict(model.coef_linear)
+        self.inference_ = inference
+        if inference is not None:
+            self.coef_linear_ = dict(zip(inference.names, inference.coef.tolist()))
+            self.stderr_linear_ = dict(zip(inference.names, inference.stderr.tolist()))
+        else:
+            self.coef_linear_ = dict(self.coef_linear_model_)
+            self.stderr_linear_ = None
+        self.selected_ = model.history.get("selected", "network")
         self.effects_ = model.effects_dict
         self.time_effects_ = model.time_effects_dict
         self.intercept_ = float(model.intercept)
-        self.linear_features_ = [model.feature_names[j] for j in model.linear_columns]
+        self.linear_features_ = lin_names
         self.network_features_ = [model.feature_names[j] for j in model.network_columns]
         self.loss_curve_ = [float(v) for v in model.history["loss"]]
         self.n_iter_ = len(self.loss_curve_)
         self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else float("nan")
         val = model.history.get("val_loss") or None
         self.validation_loss_ = None if val is None else [float(v) for v in val]
-        iterated = stochastic and bool(model.network_columns)   # else solved directly
+        iterated = solver != "lbfgs" and bool(model.network_columns)   # else solved directly
         if iterated and not model.stopped_early and self.n_iter_ >= self.max_iter:
             tol = 1e-4 if self.tol is None else self.tol
             warnings.warn(
@@ -288,11 +337,136 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
                 ConvergenceWarning, stacklevel=2)
         return self
 
+    def _options(self, hidden, solver, n) -> dict:
+        """Keyword arguments of :func:`fit_panel` from the hyperparameters."""
+        batch = None
+        if solver != "lbfgs":
+            batch = auto_batch_size(n) if self.batch_size == "auto" else int(self.batch_size)
+            if batch > n:
+                warnings.warn(
+                    f"batch_size={batch} is larger than the {n} training samples; it is "
+                    "clipped to the sample size", UserWarning, stacklevel=3)
+                batch = n
+        return dict(
+            hidden=hidden, activation=self.activation, solver=solver, alpha=float(self.alpha),
+            batch_size=batch, learning_rate=float(self.learning_rate_init),
+            max_iter=int(self.max_iter), tol=None if self.tol is None else float(self.tol),
+            shuffle=bool(self.shuffle), momentum=float(self.momentum),
+            nesterov=bool(self.nesterovs_momentum), early_stopping=bool(self.early_stopping),
+            validation_fraction=float(self.validation_fraction),
+            patience=int(self.n_iter_no_change), bn_eps=float(self.bn_eps),
+            bn_ddof=int(self.bn_ddof), bn_decay=float(self.bn_decay),
+            standardize_y=bool(self.standardize_y), group_batchnorm=bool(self.group_batchnorm),
+            progress=bool(self.verbose), start_linear=True,
+            linear_fallback=bool(self.linear_fallback),
+        )
+
+    def _requested_linear(self, model, p) -> tuple:
+        """Positions of the user's linear columns (a linear fallback may hold more)."""
+        from ._inputs import resolve_columns
+
+        return resolve_columns(self.linear_features, p, model.feature_names, "linear_features")
+
+    def _linear_inference(self, model, X, y, groups, time, seed, hidden, solver):
+        """Within standard errors (no network), the cross-fitted estimate, or None."""
+        from ._inputs import encode_labels
+
+        lin = self._requested_linear(model, X.shape[1])
+        if not lin:
+            return None
+        names = [model.feature_names[j] for j in lin]
+        n = X.shape[0]
+        ent = None if groups is None else encode_labels(groups, n, "groups")[1]
+        per = None if (time is None or self.effects != "twoway") else \
+            encode_labels(time, n, "time")[1]
+        wants_network = self.network_features is None or len(self.network_features) > 0
+        if not (self.inference == "crossfit" and wants_network):
+            if model.network_columns:
+                return None
+            # No network (asked for, or kept by linear_fallback): the exact within
+            # regression of every linear column of the fitted model.
+            cols = list(model.linear_columns)
+            coef = np.array([model.coef_linear[model.feature_names[j]] for j in cols])
+            return within_inference(X[:, cols], y, coef,
+                                    names=[model.feature_names[j] for j in cols],
+                                    effects=self.effects, entity_codes=ent, time_codes=per,
+                                    cov_type=self.cov_type)
+        nn = [j for j in range(X.shape[1]) if j not in lin] if self.network_features is None \
+            else list(self._resolve(self.network_features, model, X.shape[1]))
+        options = self._options(hidden, solver, n)
+        options["progress"] = False
+
+        def fit_nuisance(x_nn, target, entity, period):
+            fitted = fit_panel(x_nn, target, entity, period, effects=self.effects,
+                               seed=seed, **options)
+            return lambda x_new: fitted.predict(x_new)
+
+        info, _ = crossfit_inference(X, y, ent, per, lin=lin, nn=nn,
+                                     names=names, effects=self.effects,
+                                     fit_nuisance=fit_nuisance, cv=int(self.cv), seed=seed,
+                                     cov_type=self.cov_type)
+        return info
+
+    @staticmethod
+    def _resolve(spec, model, p):
+        from ._inputs import resolve_columns
+
+        return resolve_columns(spec, p, model.feature_names, "network_features")
+
+    def conf_int_linear(self, alpha=0.05) -> dict:
+        """Confidence intervals of the linear coefficients.
+
+        Parameters
+        ----------
+        alpha : float, default 0.05
+            ``1 − alpha`` intervals, ``b ± t_{1−α/2}(df) · SE`` (df: the
+            residual degrees of freedom, as PanelOLS's).
+
+        Returns
+        -------
+        dict
+            Feature name → (low, high).
+
+        Raises
+        ------
+        ValueError
+            No standard errors: a network fitted without ``inference="crossfit"``.
+        """
+        info = self._require_inference()
+        ci = info.conf_int(alpha)
+        return {name: (float(ci[j, 0]), float(ci[j, 1])) for j, name in enumerate(info.names)}
+
+    def summary(self, alpha=0.05) -> str:
+        """A statsmodels-style table of the linear coefficients.
+
+        Coefficient, standard error, t, p-value and the ``1 − alpha``
+        interval per linear feature, with the estimator ("within" or
+        "crossfit") and the covariance type.
+
+        Returns
+        -------
+        str
+        """
+        return self._require_inference().summary(alpha, title="PanelBNMLPRegressor: linear part")
+
+    def _require_inference(self):
+        check_is_fitted(self)
+        if self.inference_ is None:
+            if not self.linear_features_:
+                raise ValueError("the model has no linear features, so no coefficients to report")
+            raise ValueError(
+                "no standard errors: the linear coefficients were trained jointly with a "
+                "penalized network, which biases them and leaves no valid standard error. Fit "
+                "with inference='crossfit' (cross-fitted partialling out, clustered by unit), "
+                "or with network_features=[] for the exact within regression")
+        return self.inference_
+
     def _check_params(self) -> tuple:
         # tol=None picks the solver's default in fit_panel; the shared checks want a number.
-        if self.tol is None:
+        if self.tol is None or self.solver == "auto":
             probe = copy.copy(self)
-            probe.tol = 0.0
+            probe.tol = 0.0 if self.tol is None else self.tol
+            probe.solver = "adam" if self.solver == "auto" else self.solver
             return super(PanelBNMLPRegressor, probe)._check_params()
         return super()._check_params()
 

@@ -239,7 +239,8 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
               nesterov: bool = True, early_stopping: bool = False,
               validation_fraction: float = 0.1, patience: int = 10, bn_eps: float = 1e-5,
               bn_ddof: int = 0, bn_decay: float = 0.9, standardize_y: bool = True,
-              group_batchnorm: bool = False, progress: bool = False) -> PanelModel:
+              group_batchnorm: bool = False, progress: bool = False,
+              start_linear: bool = False, linear_fallback: bool = False) -> PanelModel:
     """Fit ``y = α_i (+ τ_t) + x_linᵀ b + f(x_nn) + e`` by the within estimator.
 
     Parameters
@@ -292,10 +293,33 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
         (:class:`bnmat.layers.GroupBatchNorm`). Every unit then needs at least
         ``max(2, bn_ddof + 1)`` rows.
     progress : bool, default False
+    start_linear : bool, default False
+        Start training at the exact linear within solution: b at the least
+        squares estimate of the linear columns and the network's output layer
+        at zero (so f ≡ 0 at the start). The network then only moves away
+        from the linear fixed-effects model where that lowers the loss.
+    linear_fallback : bool, default False
+        With ``early_stopping`` (held-out units) and a network: fit the
+        linear within regression on the linear columns and every identified
+        network column on the same training units, and keep it instead of the
+        network unless the network's within loss on the held-out units is
+        clearly lower, by the one-standard-error rule: the network's total
+        gain in held-out within squared error must exceed the standard error
+        of that gain, computed from the per-unit gains (held-out units as
+        independent draws; ``history["val_gain_t"]`` is their ratio). The
+        returned model then has no network; its ``linear_columns`` include
+        those network columns. With ``solver="lbfgs"`` and
+        ``early_stopping`` the iterations stop when the held-out units' within
+        loss has not improved by ``tol`` for ``5 × patience`` iterations, and
+        the best iterate is kept.
 
     Returns
     -------
     PanelModel
+        ``history["selected"]`` is "network" or "linear" (the fallback), and
+        with a held-out comparison ``history["val_network"]`` and
+        ``history["val_linear"]`` hold both held-out within MSEs (original
+        scale of y).
 
     Raises
     ------
@@ -380,8 +404,18 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     l2 = 2.0 * float(alpha) / n
     if tol is None:
         tol = 1e-7 if solver == "lbfgs" else 1e-4
+    if nn and start_linear:
+        params = _linear_start(params, xs, ys, lin, factors)
+    split = None
+    if nn and early_stopping and (solver == "lbfgs" or linear_fallback):
+        split = _unit_split(ent_codes, n, float(validation_fraction), seed_fit)
     if not nn:
         result = _least_squares(params, state, xs[:, list(lin)], ys, factors)
+    elif solver == "lbfgs" and split is not None:
+        # An L-BFGS iteration moves further than an epoch's worth of noise-free steps
+        # and its held-out loss plateaus before falling again: wait 5× longer.
+        result = _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split,
+                                 int(max_iter), float(tol), 5 * int(patience))
     elif solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs, ys, loss=loss, l2=l2,
                                  max_iter=int(max_iter), tol=float(tol), groups=groups)
@@ -399,17 +433,145 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
             shuffle=bool(shuffle), progress=bool(progress), groups=groups,
         )
 
+    history = dict(result.history)
+    history["selected"] = "network" if nn else "linear"
     model = PanelModel(
         net=net, params=result.params, state=result.state, x_scaling=x_scaling,
         y_scaling=y_scaling, effects=effects, feature_names=names, linear_columns=lin,
         network_columns=nn, entity_labels=ent_labels, entity_effects=None,
         time_labels=t_labels, time_effects=None, offset=0.0,
-        group_batchnorm=bool(group_batchnorm), history=result.history,
+        group_batchnorm=bool(group_batchnorm), history=history,
         best_epoch=result.best_epoch, stopped_early=result.stopped_early,
     )
+    if effects != "none":
+        model = _with_effects(model, x, y, ent_codes, t_codes)
+    if nn and linear_fallback and early_stopping:
+        model = _select(model, x, y, entity, time, effects, factors, lin, nn, names,
+                        _held_out_rows(split, ent_codes, n, float(validation_fraction),
+                                       seed_fit))
+    return model
+
+
+# ------------------------------------------------ linear start, held-out units
+def _linear_start(params, xs, ys, lin, factors):
+    """b at its exact within (least-squares) value; the network's output layer at zero."""
+    params = list(params)
+    if lin:
+        params = _least_squares(params, None, xs[:, list(lin)], ys, factors).params
+    last = dict(params[-1][-1])
+    for key in last:
+        last[key] = np.zeros_like(np.asarray(last[key]))
+    params[-1] = [*params[-1][:-1], last]
+    return params
+
+
+def _unit_split(ent_codes, n, fraction, seed):
+    """(train rows, held-out rows): about ``fraction`` of the units, or rows without units."""
+    from ..train._groups import group_holdout
+
+    # The generator of bnmat.train.fit with the same seed: the same units are held out.
+    rng = np.random.default_rng(seed)
+    if ent_codes is None:
+        n_val = max(1, int(np.ceil(fraction * n)))
+        order = rng.permutation(n)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    return group_holdout(ent_codes, fraction, rng)
+
+
+def _held_out_rows(split, ent_codes, n, fraction, seed):
+    return split if split is not None else _unit_split(ent_codes, n, fraction, seed)
+
+
+def _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split, max_iter, tol,
+                    patience) -> train.FitResult:
+    """L-BFGS on the training units, stopped on the held-out units' within loss."""
+    from ..train._groups import take_factors
+
+    tr, va = split
+    g_tr, g_va = take_factors(groups, tr), take_factors(groups, va)
+    x_tr, y_tr, x_va, y_va = xs[tr], ys[tr], xs[va], ys[va]
+    best = {"loss": math.inf, "params": params, "it": 0}
+    val_curve = []
+
+    def watch(it, logs):
+        st = train.population_statistics(net, logs["params"], state, x_tr, groups=g_tr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnseenGroupWarning)
+            value = train.loss_value(net, logs["params"], st, x_va, y_va, loss, groups=g_va)
+        val_curve.append(float(value))
+        if value < best["loss"] - tol:
+            best.update(loss=value, params=logs["params"], it=it)
+        return it - best["it"] >= patience
+
+    result = train.fit_lbfgs(net, params, state, x_tr, y_tr, loss=loss, l2=l2,
+                             max_iter=max_iter, tol=tol, groups=g_tr, callback=watch)
+    st = train.population_statistics(net, best["params"], state, x_tr, groups=g_tr)
+    history = dict(result.history)
+    history["val_loss"] = val_curve
+    return train.FitResult(best["params"], st, history, max(best["it"], 1),
+                           result.stopped_early)
+
+
+def _within_sq_residuals(y, y_hat, ent, time, effects) -> np.ndarray:
+    """Squared within residuals ``(M(y − ŷ))²`` of the held-out rows, shape (M,)."""
+    r = np.asarray(y, dtype=np.float64) - np.asarray(y_hat, dtype=np.float64)
     if effects == "none":
-        return model
-    return _with_effects(model, x, y, ent_codes, t_codes)
+        r = r - r.mean()
+    else:
+        f = [encode_labels(ent, r.shape[0], "entity")[1]]
+        if effects == "twoway":
+            f.append(encode_labels(time, r.shape[0], "time")[1])
+        r = demean(r, f)[0]
+    return r ** 2
+
+
+def identified_columns(x, factors, columns, names) -> tuple:
+    """The columns (in order) that can join a linear within regression, greedily."""
+    kept = []
+    for j in columns:
+        try:
+            check_identified(np.asarray(x[:, kept + [j]], dtype=np.float64), factors,
+                             [names[c] for c in kept + [j]])
+        except NotIdentifiedError:
+            continue
+        kept.append(j)
+    return tuple(kept)
+
+
+def _select(model, x, y, entity, time, effects, factors, lin, nn, names, split):
+    """Keep the network, or the linear within regression when it predicts held-out units as well."""
+    tr, va = split
+    take = (lambda a: None if a is None else np.asarray(a)[tr])
+    held = (lambda a: None if a is None else np.asarray(a)[va])
+    f_tr = None if factors is None else [f[tr] for f in factors]
+    cols = tuple(lin) + identified_columns(x[tr], f_tr, [j for j in nn if j not in lin], names)
+    linear = fit_panel(x[tr], y[tr], take(entity), take(time), effects=effects,
+                       linear_features=list(cols), network_features=[], feature_names=names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnseenGroupWarning)
+        # The held-out units' effects are unknown to both models and cancel in the within loss.
+        sq_net = _within_sq_residuals(y[va], model.predict(x[va], held(entity), held(time)),
+                                      held(entity), held(time), effects)
+    sq_lin = _within_sq_residuals(y[va], linear.predict(x[va], held(entity), held(time)),
+                                  held(entity), held(time), effects)
+    val_net, val_lin = float(sq_net.mean()), float(sq_lin.mean())
+    # One-standard-error rule: the network must beat the linear model by more than
+    # the standard error of the gain, with the held-out units as independent draws.
+    unit = (np.arange(va.size) if entity is None
+            else encode_labels(held(entity), va.size, "entity")[1])
+    gain = np.bincount(unit, weights=sq_lin - sq_net)
+    se = float(np.std(gain, ddof=1) * np.sqrt(gain.size)) if gain.size > 1 else math.inf
+    network_wins = float(gain.sum()) > se
+    history = dict(model.history)
+    history.update(val_network=val_net, val_linear=val_lin,
+                   val_gain_t=float(gain.sum()) / se if se > 0 else math.inf)
+    if network_wins:
+        return model._replace(history=history)
+    final = fit_panel(x, y, entity, time, effects=effects, linear_features=list(cols),
+                      network_features=[], feature_names=names)
+    history.update(selected="linear")
+    return final._replace(history=history, best_epoch=model.best_epoch,
+                          stopped_early=model.stopped_early)
 
 
 def _least_squares(params, state, x_lin, y, factors) -> train.FitResult:
