@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._panel_inputs import label_codes
+from ._panel_inputs import canonical_integers, label_codes
 from .cli import UsageError
 from .datasets import MISSING
 from .ops.group_batchnorm_inference import UnseenGroupWarning
@@ -60,10 +60,10 @@ def _labels(table, name: str, role: str) -> np.ndarray:
         if cells[i].lower() in MISSING:
             raise UsageError(f"{table.source}, line {i + 2}: the {role} column {name!r} has "
                              f"a missing value ({cells[i]!r}); every row needs a label")
-    try:
-        return np.array([int(c) for c in cells], dtype=np.int64)
-    except (ValueError, OverflowError):
-        return np.array(cells, dtype=str)
+    # Integers only when every cell is written as one canonically: int() would
+    # also read "01", "+1" and "1_0" as 1 and merge distinct units.
+    values = canonical_integers(cells)
+    return np.array(cells, dtype=str) if values is None else values
 
 
 def _codes(labels) -> np.ndarray:

@@ -20,6 +20,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._transaction import transactional_fit
 from .estimators import _BNMLPBase
 from .panel_model import EFFECTS, fit_panel, within_r2_score
 
@@ -200,6 +201,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         self.bn_decay = bn_decay
         self.standardize_y = standardize_y
 
+    @transactional_fit
     def fit(self, X, y, groups=None, time=None):
         """Fit the panel network.
 
@@ -247,7 +249,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             if batch > n:
                 warnings.warn(
                     f"batch_size={batch} is larger than the {n} training samples; it is "
-                    "clipped to the sample size", UserWarning, stacklevel=2)
+                    "clipped to the sample size", UserWarning, stacklevel=3)
                 batch = n
         model = fit_panel(
             X, y, groups, time, effects=self.effects,
@@ -285,7 +287,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             warnings.warn(
                 f"the optimizer reached max_iter={self.max_iter} epochs before the loss "
                 f"stopped improving (tol={tol}, n_iter_no_change={self.n_iter_no_change})",
-                ConvergenceWarning, stacklevel=2)
+                ConvergenceWarning, stacklevel=3)
         return self
 
     def _check_params(self) -> tuple:

@@ -135,7 +135,10 @@ def is_nonfinite_error(exc: Exception) -> bool:
 
 
 def divergence_error(epoch, params, state, history, cause=None):
-    where = f" ({str(cause).rstrip('.')})" if cause else ""
+    # The op's advice to rescale the data is wrong here: the data were finite
+    # and usable, the parameters made the layer's input overflow.
+    cause = re.sub(r";\s*rescale[^;]*$", "", str(cause).rstrip(".")) if cause else ""
+    where = f" ({cause})" if cause else ""
     return DivergenceError(
         f"training diverged at epoch {epoch}: the loss or the parameters became "
         f"non-finite{where}. Lower the learning rate or standardize the data; the last "
@@ -302,6 +305,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     history = {"epoch": [], "loss": [], "val_loss": []}
     best, best_epoch, best_params, best_state = math.inf, 0, params, state
     wait, stopped_early = 0, False
+    previous = (params, state)   # before the last step, for a divergence found at the end
     bar = _Progress(epochs, progress)
     try:
         # Overflow is detected below (non-finite loss or parameters): numpy's
@@ -328,6 +332,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                     new_params, opt_state = optimizer.update(grads, opt_state, params)
                     if not (math.isfinite(value) and _all_finite(new_params)):
                         raise divergence_error(epoch, params, state, history)
+                    previous = (params, state)
                     params, state = new_params, new_state
                     m = xb.shape[0]
                     total, rows = total + value * m, rows + m
@@ -370,6 +375,27 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     if early_stopping:
         params, state = best_params, best_state
     if population_stats:
-        state = population_statistics(net, params, state, x, batch_size=batch_size,
-                                      groups=factors)
+        state = final_statistics(net, params, state, x, batch_size, factors,
+                                 len(history["epoch"]), history, previous)
     return FitResult(params, state, history, best_epoch, stopped_early)
+
+
+def final_statistics(net, params, state, x, batch_size, factors, epoch, history, previous):
+    """:func:`population_statistics` at the end of training, with divergence named as such.
+
+    The data were checked to be finite before training, so a non-finite
+    statistic here means that the last step produced parameters whose output
+    overflows (a huge learning rate): that is divergence in the last epoch,
+    not a problem of the data. ``previous`` holds the parameters and state
+    before that step.
+    """
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return population_statistics(net, params, state, x, batch_size=batch_size,
+                                         groups=factors)
+    except ValueError as exc:
+        if is_nonfinite_error(exc):
+            raise divergence_error(max(epoch, 1), *previous, history,
+                                   "the network's output overflows with the final "
+                                   "parameters") from exc
+        raise
