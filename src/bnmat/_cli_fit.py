@@ -15,7 +15,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -283,13 +285,51 @@ def _json_float(v: float):
 
 
 def _check_writable(path, option: str) -> None:
-    """Fail before training, not after, when the output cannot be written."""
+    """Fail before training (or predicting), not after, when the output cannot be written.
+
+    Besides the folder's existence, a file is created in it and removed, which
+    is what writing the output atomically (a temporary name, then a rename)
+    will need; permissions, read-only mounts and ACLs all show up here.
+    """
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{option} {path}: is a directory; give a file name")
     folder = target.parent
     if not folder.is_dir():
-        raise UsageError(f"{option} {path}: the folder {str(folder)!r} does not exist")
+        raise UsageError(f"{option} {path}: the folder {str(folder)!r} does not exist; "
+                         "create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in the folder {str(folder)!r} "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(f"{option} {path}: the file exists and is read-only")
+
+
+def write_atomically(path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    A failure (or Ctrl-C) leaves ``path`` as it was and no temporary file;
+    the error names ``path``, not the temporary name.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                               dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _check_plotting() -> None:
@@ -319,7 +359,7 @@ def _plot(history, path, loss: str, task: str, ylabel: str | None = None) -> Non
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
-        fig.savefig(path, format="png")
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
 
@@ -331,6 +371,8 @@ def run_predict(args) -> int:
     """``bnmat predict``: predictions for the rows of a CSV file."""
     from . import io as bnio
 
+    if args.output:
+        _check_writable(args.output, "--output")
     saved = bnio.load(args.model)
     meta = saved.metadata or {}
     if "panel" in meta:
@@ -374,7 +416,8 @@ def write_predictions(name: str, values, output) -> None:
     writer.writerow([name])
     writer.writerows([v] for v in values)
     if output:
-        Path(output).write_text(buffer.getvalue(), encoding="utf-8")
+        text = buffer.getvalue()
+        write_atomically(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         print(f"{len(values)} predictions written to {Path(output).resolve()}",
               file=sys.stderr)
     else:

@@ -173,6 +173,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("bnmat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of standard output went away (`bnmat predict ... | head`):
+        # not an error of ours. Silence the final flush, and exit as a program
+        # killed by SIGPIPE would (128 + 13), without a message.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (ValueError, OSError, ImportError, TypeError, KeyError) as exc:
         if os.environ.get("BNMAT_TRACEBACK"):
             raise

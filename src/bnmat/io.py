@@ -205,7 +205,12 @@ def save(path, net, params, state, *, metadata: dict | None = None) -> Path:
         raise TypeError(f"cannot save: {exc}") from exc
     arrays[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
+                                   dir=path.parent or ".")
+    except OSError as exc:
+        # Name the file asked for, not the temporary one.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
