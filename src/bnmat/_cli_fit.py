@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim, train
 from ._mlp import Scaling, build_mlp, fit_scaling
 from .cli import UsageError
-from .datasets import MISSING, WAGE_PANEL_DROP, read_table, wage_panel_path
+from .datasets import WAGE_PANEL_DROP, read_table, table_columns, wage_panel_path
 
 __all__ = ["run_fit", "run_predict"]
 
@@ -49,47 +48,78 @@ def _is_label_column(table, target: str) -> bool:
     """True when no cell of the target is a number (then it holds class labels).
 
     A target with numbers in some rows and text in others is an error (a typo
-    must not silently turn a regression into a classification); so is a
-    missing cell.
+    must not silently turn a regression into a classification).
     """
-    cells = table.column(target)
-    numeric = []
-    for i, cell in enumerate(cells):
-        if cell.strip().lower() in MISSING:
-            raise UsageError(f"{table.source}, line {i + 2}: the target {target!r} has a "
-                             f"missing value ({cell!r}); remove or fill the row first")
-        numeric.append(_numeric_column([cell]))
-    if all(numeric):
+    if not table.is_text(target):
         return False
-    if any(numeric):
-        i = numeric.index(False)
-        raise UsageError(
-            f"{table.source}, line {i + 2}: the target {target!r} has {cells[i]!r}, which is "
-            "not a number, while other rows are numbers; fix the cell, or pass --classify "
-            "to treat every value as a class label")
-    return True
+    cells = table.column(target)
+    numeric = [bool(c) and _numeric_column([c]) for c in cells]
+    if not any(numeric):
+        return True
+    i = next((i for i, (c, ok) in enumerate(zip(cells, numeric)) if c and not ok), None)
+    if i is None:
+        return False
+    raise UsageError(
+        f"{table.source}, line {table.line(i)}: the target {target!r} has {cells[i]!r}, which "
+        "is not a number, while other rows are numbers; fix the cell, or pass --classify "
+        "to treat every value as a class label")
+
+
+def _label_text(cell: str) -> str:
+    """A class label as text; numbers in one canonical form, so "1" and "1.0" are one class."""
+    cell = cell.strip()
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
 
 
 def _class_labels(cells):
-    """Sorted distinct labels (numerically when they all are numbers) and row codes."""
-    labels = sorted(set(c.strip() for c in cells))
+    """Sorted distinct labels (numerically when they all are numbers) and row codes.
+
+    Numbers are compared as numbers: "1", "1.0" and "1e0" are one class,
+    named "1".
+    """
+    texts = [_label_text(c) for c in cells]
+    labels = sorted(set(texts))
     if _numeric_column(labels):
         labels = sorted(labels, key=float)
     index = {label: k for k, label in enumerate(labels)}
-    return labels, np.array([index[c.strip()] for c in cells], dtype=np.intp)
+    return labels, np.array([index[c] for c in texts], dtype=np.intp)
 
 
 def _load_training_table(args):
+    """Read the training table: the columns needed (all without --features), labels as text."""
+    features = list(getattr(args, "features", None) or [])
+    entity, time = getattr(args, "entity", None), getattr(args, "time", None)
     if args.data is None:
-        table = read_table(wage_panel_path(), source="wage_panel.csv.gz (bundled)")
+        path, source = wage_panel_path(), "wage_panel.csv.gz (bundled)"
         target = args.target or "lwage"
-        drop = list(args.drop) or list(WAGE_PANEL_DROP)
+        drop = list(args.drop) or ([] if features else list(WAGE_PANEL_DROP))
         label = "the bundled Vella–Verbeek (1998) wage panel"
     else:
         if not args.target:
             raise UsageError("--target COL is required with a CSV file (the column to predict)")
-        table = read_table(args.data)
+        path, source = args.data, None
         target, drop, label = args.target, list(args.drop), args.data
+    if features and args.drop:
+        raise UsageError("give either --features (the columns to use) or --drop (the columns "
+                         "to leave out), not both")
+    twice = sorted({c for c in features if features.count(c) > 1})
+    if twice:
+        raise UsageError(f"--features lists {twice[0]!r} twice")
+    if target in features:
+        raise UsageError(f"the target {target!r} is also in --features")
+    labels = [c for c in (entity, time) if c]
+    usecols = None
+    if features:
+        usecols = list(dict.fromkeys([target, *features, *labels,
+                                      *getattr(args, "linear", [])]))
+    table = read_table(path, source=source, usecols=usecols, text_columns=labels,
+                       sep=getattr(args, "sep", ","), decimal=getattr(args, "decimal", "."))
     if target not in table.columns:
         raise UsageError(f"{table.source}: no column {target!r} (the --target); the columns are "
                          f"{', '.join(table.columns)}")
@@ -98,10 +128,105 @@ def _load_training_table(args):
         raise UsageError(f"{table.source}: no column(s) {', '.join(map(repr, unknown))} to --drop")
     if target in drop:
         raise UsageError(f"the target {target!r} is also in --drop")
-    features = [c for c in table.columns if c != target and c not in drop]
+    if not features:
+        features = [c for c in table.columns if c != target and c not in drop]
     if not features:
         raise UsageError(f"{table.source}: no feature columns left besides the target {target!r}")
+    categorical = list(getattr(args, "categorical", None) or [])
+    strays = [c for c in categorical if c not in features]
+    if strays:
+        raise UsageError(f"--categorical {strays[0]!r} is not a feature column")
     return table, target, drop, features, label
+
+
+def apply_missing_policy(table, columns, dropna: bool):
+    """The table without rows that miss a value in ``columns`` (with ``--dropna``), else checked.
+
+    Without ``dropna`` any missing cell is an error that counts the rows of
+    every column concerned (one run lists them all). With it, those rows are
+    dropped and a note on stdout says how many, per column.
+    """
+    columns = list(dict.fromkeys(columns))
+    mask = table.missing(columns)
+    bad = mask.any(axis=1)
+    k = int(bad.sum())
+    if not k:
+        return table
+    counts = mask.sum(axis=0)
+    per = "; ".join(
+        f"column {c!r} in {int(n)} row(s)"
+        + ("" if dropna else f", the first at line {table.line(int(np.argmax(m)))}")
+        for c, n, m in zip(columns, counts, mask.T) if n)
+    if not dropna:
+        raise UsageError(
+            f"{table.source}: missing values in {k} of {table.n_rows} row(s): {per}. Fill "
+            "them, or pass --dropna to drop those rows")
+    print(f"--dropna: dropped {k} of {table.n_rows} row(s) with missing values ({per})")
+    return table.take(~bad)
+
+
+def design_matrix(table, features, categorical: dict):
+    """The model's inputs: numeric features as they are, categorical ones one-hot.
+
+    Parameters
+    ----------
+    table : bnmat.datasets.Table
+    features : list of str
+        Feature columns, in order.
+    categorical : dict of str -> list of str
+        Levels of each categorical column (its one-hot columns, in order);
+        an empty list means "learn the levels here" (training).
+
+    Returns
+    -------
+    x : ndarray, shape (N, q), float64
+    names : list of str, length q
+        ``col`` for a numeric column, ``col=level`` for each level.
+    levels : dict of str -> list of str
+        The levels used (those learned, in training).
+
+    Raises
+    ------
+    UsageError
+        A text column not declared categorical (with the options that fix
+        it), or a level not seen in training.
+    """
+    numeric = [c for c in features if c not in categorical]
+    for c in numeric:
+        if table.is_text(c):
+            cells = table.column(c)
+            if not any(cell and _numeric_column([cell]) for cell in cells):
+                i = next(i for i, cell in enumerate(cells) if cell)
+                raise UsageError(
+                    f"{table.source}: feature column {c!r} holds text ({cells[i]!r} at line "
+                    f"{table.line(i)}); pass --categorical {c} to one-hot encode it, --drop "
+                    f"{c} to leave it out, or --entity {c} if it identifies units")
+    blocks, names, levels = [], [], {}
+    x_num = table.numeric(numeric, what="feature column") if numeric else None
+    for c in features:
+        if c not in categorical:
+            j = numeric.index(c)
+            blocks.append(x_num[:, j:j + 1])
+            names.append(c)
+            continue
+        cells = [_label_text(v) for v in table.column(c)]
+        known = categorical[c] or sorted(set(cells))
+        index = {v: k for k, v in enumerate(known)}
+        codes = np.array([index.get(v, -1) for v in cells], dtype=np.intp)
+        unseen = np.flatnonzero(codes < 0)
+        if unseen.size:
+            new = list(dict.fromkeys(cells[i] for i in unseen))
+            raise UsageError(
+                f"{table.source}: categorical column {c!r} has {len(new)} level(s) not seen in "
+                f"training, in {unseen.size} row(s): {', '.join(map(repr, new[:5]))} (first at "
+                f"line {table.line(int(unseen[0]))}); the model knows "
+                f"{', '.join(map(repr, known[:10]))}{', …' if len(known) > 10 else ''}")
+        onehot = np.zeros((len(cells), len(known)))
+        onehot[np.arange(len(cells)), codes] = 1.0
+        blocks.append(onehot)
+        names += [f"{c}={v}" for v in known]
+        levels[c] = list(known)
+    return np.hstack(blocks), names, levels
 
 
 def _split(n: int, fraction: float, seed: int):
@@ -182,11 +307,16 @@ def _check_training_options(args) -> None:
 
 
 def _run_fit_plain(args) -> int:
+    from . import optim, train
+
     table, target, drop, features, label = _load_training_table(args)
-    n = len(table.rows)
-    if n == 0:
+    if table.n_rows == 0:
         raise UsageError(f"{table.source}: the file has a header but no rows")
-    x = table.numeric(features, what="feature column")
+    table = apply_missing_policy(table, [*features, target], args.dropna)
+    n = table.n_rows
+    if n == 0:
+        raise UsageError(f"{table.source}: no rows are left after --dropna")
+    x, inputs, levels = design_matrix(table, features, {c: [] for c in args.categorical})
     classify = args.classify or _is_label_column(table, target)
     if classify:
         classes, codes = _class_labels(table.column(target))
@@ -211,9 +341,11 @@ def _run_fit_plain(args) -> int:
     l2 = (1.0 if classify else 2.0) * args.alpha / len(tr)
 
     task = "classification" if classify else "regression"
-    widths = " → ".join(str(w) for w in [len(features), *args.hidden, y.shape[1]])
+    widths = " → ".join(str(w) for w in [x.shape[1], *args.hidden, y.shape[1]])
+    onehot = (f" ({len(levels)} categorical, one-hot: {x.shape[1]} inputs)" if levels else "")
     print(f"bnmat fit: {label}, target {target!r} ({task}"
-          f"{f', {len(classes)} classes' if classify else ''}), {len(features)} features")
+          f"{f', {len(classes)} classes' if classify else ''}), {len(features)} features"
+          f"{onehot}")
     print(f"  {len(tr)} training rows, {len(va)} validation rows; network {widths} "
           f"(BatchNorm, {args.activation}); solver {args.solver}")
     sys.stdout.flush()
@@ -257,6 +389,8 @@ def _run_fit_plain(args) -> int:
         "task": task,
         "target": target,
         "features": features,
+        "categorical": levels,
+        "inputs": inputs,
         "dropped": drop,
         "x_mean": x_scaling.mean.tolist(),
         "x_scale": x_scaling.scale.tolist(),
@@ -384,41 +518,64 @@ def run_predict(args) -> int:
             f"{args.model}: this model was not written by bnmat fit (it lacks the feature "
             "names and standardization that bnmat predict needs)")
     features, target = list(meta["features"]), meta["target"]
-    table = read_table(args.data)
-    missing = [c for c in features if c not in table.columns]
+    categorical = dict(meta.get("categorical") or {})
+    columns = table_columns(args.data, sep=args.sep)
+    missing = [c for c in features if c not in columns]
     if missing:
-        raise UsageError(f"{table.source}: missing column(s) {', '.join(map(repr, missing))}; "
+        raise UsageError(f"{args.data}: missing column(s) {', '.join(map(repr, missing))}; "
                          f"the model needs {', '.join(features)}")
     ignorable = {target, *meta.get("dropped", [])}
-    extra = [c for c in table.columns if c not in features and c not in ignorable]
+    extra = [c for c in columns if c not in features and c not in ignorable]
     if extra:
-        raise UsageError(f"{table.source}: unexpected column(s) {', '.join(map(repr, extra))}; "
+        raise UsageError(f"{args.data}: unexpected column(s) {', '.join(map(repr, extra))}; "
                          f"the model was trained on {', '.join(features)}")
-    if not table.rows:
+    # Only the model's columns are parsed: the target and dropped ones may be anything.
+    table = read_table(args.data, usecols=features, sep=args.sep, decimal=args.decimal)
+    if not table.n_rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
-    x = table.numeric(features, what="feature column")
+    x = design_matrix(table, features, categorical)[0]
     scaling = Scaling(np.asarray(meta["x_mean"]), np.asarray(meta["x_scale"]))
     out = np.asarray(saved.net.predict(saved.params, saved.state, scaling.apply(x)))
+    del x
     if meta["task"] == "classification":
         labels = np.asarray(meta["classes"], dtype=object)[np.argmax(out, axis=1)]
     else:
         y_scaling = Scaling(np.asarray(meta["y_mean"]), np.asarray(meta["y_scale"]))
-        labels = [repr(float(v)) for v in y_scaling.invert(out)[:, 0]]
+        labels = y_scaling.invert(out)[:, 0]
 
     write_predictions(target, labels, args.output)
     return 0
 
 
-def write_predictions(name: str, values, output) -> None:
-    """One CSV column ``name`` to the file ``output``, or to standard output."""
+def _csv_lines(name: str, values, chunk: int = 1 << 16):
+    """The CSV text of one column, header first, in pieces of ``chunk`` rows.
+
+    Floats are written with ``repr`` (the shortest text that reads back as
+    the same float64); text through the csv module (quoted when needed).
+    """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([name])
-    writer.writerows([v] for v in values)
+    csv.writer(buffer, lineterminator="\n").writerow([name])
+    yield buffer.getvalue()
+    numbers = isinstance(values, np.ndarray) and values.dtype.kind == "f"
+    for start in range(0, len(values), chunk):
+        part = values[start:start + chunk]
+        if numbers:
+            yield "\n".join(map(repr, part.tolist())) + "\n"
+        else:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows([v] for v in part)
+            yield buffer.getvalue()
+
+
+def write_predictions(name: str, values, output) -> None:
+    """One CSV column ``name`` to the file ``output`` (atomically), or to standard output."""
     if output:
-        text = buffer.getvalue()
-        write_atomically(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.writelines(_csv_lines(name, values))
+
+        write_atomically(output, write)
         print(f"{len(values)} predictions written to {Path(output).resolve()}",
               file=sys.stderr)
     else:
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.writelines(_csv_lines(name, values))
