@@ -432,7 +432,7 @@ def test_panel_bad_options_are_one_line_and_status_2(tmp_path, capsys, args, mes
     ("firm,a,y\na,1,2\na,2,3\nb,3,1\nb,1,0\nc,2,2\n", ["--group-batchnorm"],
      "--group-batchnorm needs at least 2 training rows per unit; 1 unit(s)"),
     ("firm,a,y\na,1,2\n,2,3\nb,3,1\nb,1,0\n", [],
-     "line 3: the --entity column 'firm' has a missing value"),
+     "column 'firm' in 1 row(s), the first at line 3"),
     ("firm,a,y\na,1,2\na,x,3\nb,3,1\nb,1,0\n", [],
      "line 3: feature column 'a' has 'x', which is not a number"),
 ])

@@ -90,10 +90,11 @@ def test_predictions_written_atomically(tmp_path, model, csv_path, capsys, monke
     out.write_text("old\n")
     import bnmat._cli_fit as cli_fit
 
-    def broken_write_text(self, *args, **kwargs):
+    def lines_then_disk_full(name, values):
+        yield "y\n1.0\n"
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli_fit.Path, "write_text", broken_write_text)
+    monkeypatch.setattr(cli_fit, "_csv_lines", lines_then_disk_full)
     assert main(["predict", str(model), str(csv_path), "-o", str(out)]) == 2
     monkeypatch.undo()
     assert out.read_text() == "old\n"                       # untouched
