@@ -24,7 +24,7 @@ import numpy as np
 
 from ._mlp import Scaling, build_mlp, fit_scaling
 from .cli import UsageError
-from .datasets import WAGE_PANEL_DROP, read_table, table_columns, wage_panel_path
+from .datasets import WAGE_PANEL_DROP, _decimal_hint, read_table, table_columns, wage_panel_path
 
 __all__ = ["run_fit", "run_predict"]
 
@@ -197,6 +197,11 @@ def design_matrix(table, features, categorical: dict):
             cells = table.column(c)
             if not any(cell and _numeric_column([cell]) for cell in cells):
                 i = next(i for i, cell in enumerate(cells) if cell)
+                if _decimal_hint([cell for cell in cells[:50] if cell]):
+                    raise UsageError(
+                        f"{table.source}, line {table.line(i)}: feature column {c!r} has "
+                        f"{cells[i]!r}, which is not a number: decimal commas? pass "
+                        "--decimal ,")
                 raise UsageError(
                     f"{table.source}: feature column {c!r} holds text ({cells[i]!r} at line "
                     f"{table.line(i)}); pass --categorical {c} to one-hot encode it, --drop "
