@@ -271,3 +271,28 @@ def test_fit_panel_nan_names_the_row():
     x[30, 0] = np.inf
     with pytest.raises(ValueError, match=r"2 row\(s\); the first is row 17, column 'x1' \(NaN\)"):
         bnmat.fit_panel(x, y, np.arange(40) // 4, max_iter=2)
+
+
+# ------------------------------------------------------------- bounded memory on big tables
+def test_chunked_population_statistics_and_validation_match_one_pass():
+    from bnmat._chunked import population_statistics_chunked, predict_chunked
+    from bnmat._mlp import build_mlp
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    y = rng.normal(size=(500, 1))
+    net = build_mlp([8, 6], "relu", 1, ddof=1)
+    params, state = net.init(x, seed=0)
+    params = [{k: v + 0.3 * rng.normal(size=v.shape) for k, v in layer.items()}
+              for layer in params]
+    exact = bnmat.population_statistics(net, params, state, x)   # one pass, the oracle
+    chunked = population_statistics_chunked(net, params, state, x, rows=37)
+    for a, b in zip(exact, chunked):
+        for k in ("mean", "var"):
+            if k in a:
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(predict_chunked(net, params, exact, x, rows=41),
+                               np.asarray(net.predict(params, exact, x)), rtol=1e-12)
+    kw = dict(epochs=2, batch_size=50, validation_data=(x[:123], y[:123]), progress=False)
+    one = bnmat.fit(net, params, state, x, y, **kw)
+    many = bnmat.fit(net, params, state, x, y, validation_batch_size=10, **kw)
+    np.testing.assert_allclose(many.history["val_loss"], one.history["val_loss"], rtol=1e-12)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._chunked import CHUNK_ROWS, population_statistics_chunked, predict_chunked
 from ._mlp import Scaling, build_mlp, fit_scaling
 from .cli import UsageError
 from .datasets import WAGE_PANEL_DROP, _decimal_hint, read_table, table_columns, wage_panel_path
@@ -339,53 +340,73 @@ def _run_fit_plain(args) -> int:
         y_scaling = Scaling(np.zeros(y.shape[1]), np.ones(y.shape[1]))
     else:
         y_scaling = fit_scaling(y[tr])
-    xs, ys = x_scaling.apply(x), y_scaling.apply(y)
+    del table   # the parsed columns are in x and y now
+    # Standardized training and validation rows; nothing of size N is kept twice.
+    xs_tr, xs_va = x_scaling.apply(x[tr]), x_scaling.apply(x[va])
+    ys_tr, ys_va = y_scaling.apply(y[tr]), y_scaling.apply(y[va])
+    n_inputs = x.shape[1]
+    del x
     loss = "softmax_cross_entropy" if classify else "mse"
     net = build_mlp(args.hidden, args.activation, y.shape[1])
-    params, state = net.init(xs[tr], seed=args.seed)
+    params, state = net.init(xs_tr, seed=args.seed)
     l2 = (1.0 if classify else 2.0) * args.alpha / len(tr)
 
     task = "classification" if classify else "regression"
-    widths = " → ".join(str(w) for w in [x.shape[1], *args.hidden, y.shape[1]])
-    onehot = (f" ({len(levels)} categorical, one-hot: {x.shape[1]} inputs)" if levels else "")
+    widths = " → ".join(str(w) for w in [n_inputs, *args.hidden, y.shape[1]])
+    onehot = (f" ({len(levels)} categorical, one-hot: {n_inputs} inputs)" if levels else "")
     print(f"bnmat fit: {label}, target {target!r} ({task}"
           f"{f', {len(classes)} classes' if classify else ''}), {len(features)} features"
           f"{onehot}")
     print(f"  {len(tr)} training rows, {len(va)} validation rows; network {widths} "
           f"(BatchNorm, {args.activation}); solver {args.solver}")
     sys.stdout.flush()
-    validation = (xs[va], ys[va]) if len(va) else None
+    # The validation loss, the final population statistics and the metrics are
+    # computed in row chunks (bnmat._chunked), so that a file of millions of
+    # rows never has a whole-data activation matrix in memory.
+    validation = (xs_va, ys_va) if len(va) else None
     if args.solver == "lbfgs":
-        result = train.fit_lbfgs(net, params, state, xs[tr], ys[tr], loss=loss, l2=l2,
-                                 max_iter=args.epochs)
+        result = train.fit_lbfgs(net, params, state, xs_tr, ys_tr, loss=loss, l2=l2,
+                                 max_iter=args.epochs, population_stats=False)
     else:
         lr = args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
         batch = min(args.batch_size or 200, len(tr))
         result = train.fit(
-            net, params, state, xs[tr], ys[tr], loss=loss, optimizer=optimizer,
+            net, params, state, xs_tr, ys_tr, loss=loss, optimizer=optimizer,
             epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,
             early_stopping=args.early_stopping is not None,
             patience=args.early_stopping or 10, seed=args.seed, progress=not args.no_progress,
+            population_stats=False, validation_batch_size=CHUNK_ROWS,
         )
-    params, state = result.params, result.state  # with population statistics of xs[tr]
+    params, state = result.params, result.state
+    best_epoch, stopped = result.best_epoch, result.stopped_early
+    try:
+        state = population_statistics_chunked(net, params, state, xs_tr)
+    except ValueError as exc:
+        if not train._fit.is_nonfinite_error(exc):
+            raise
+        raise train.DivergenceError(
+            f"training diverged: the network's output overflows with the final parameters "
+            f"({exc}). Lower --learning-rate", epoch=len(result.history["epoch"]),
+            params=params, state=state, history=result.history) from None
+    history = result.history
 
-    def metric(rows):
-        if not len(rows):
+    def metric(xs_rows, ys_rows):
+        if not len(xs_rows):
             return float("nan")
-        out = np.asarray(net.predict(params, state, xs[rows]))
+        out = predict_chunked(net, params, state, xs_rows)
         if classify:
-            return float(np.mean(np.argmax(out, axis=1) == np.argmax(y[rows], axis=1)))
+            return float(np.mean(np.argmax(out, axis=1) == np.argmax(ys_rows, axis=1)))
         # R² is invariant to y's affine rescaling: computed on the standardized
         # scale, sums of squares cannot overflow for a target near 1e160.
-        return _r2(ys[rows], out)
+        return _r2(ys_rows, out)
 
     name = "accuracy" if classify else "R²"
-    m_train, m_val = metric(tr), metric(va)
+    m_train, m_val = metric(xs_tr, ys_tr), metric(xs_va, ys_va)
     epochs = len(result.history["loss"])
     unit = "iterations" if args.solver == "lbfgs" else "epochs"
-    stop = f" (stopped early, best epoch {result.best_epoch})" if result.stopped_early else ""
+    stop = f" (stopped early, best epoch {best_epoch})" if stopped else ""
     print(f"after {epochs} {unit}{stop}: training {name} = {_fmt_metric(m_train)}, "
           f"validation {name} = {_fmt_metric(m_val)}")
 
@@ -414,7 +435,7 @@ def _run_fit_plain(args) -> int:
     bnio.save(out, net, params, state, metadata=metadata)
     print(f"model written to {out.resolve()}")
     if args.plot:
-        _plot(result.history, args.plot, loss, task)
+        _plot(history, args.plot, loss, task)
         print(f"loss plot written to {Path(args.plot).resolve()}")
     return 0
 
@@ -540,8 +561,10 @@ def run_predict(args) -> int:
         raise UsageError(f"{table.source}: the file has a header but no rows")
     x = design_matrix(table, features, categorical)[0]
     scaling = Scaling(np.asarray(meta["x_mean"]), np.asarray(meta["x_scale"]))
-    out = np.asarray(saved.net.predict(saved.params, saved.state, scaling.apply(x)))
-    del x
+    xs = scaling.apply(x)
+    del x, table
+    out = predict_chunked(saved.net, saved.params, saved.state, xs)
+    del xs
     if meta["task"] == "classification":
         labels = np.asarray(meta["classes"], dtype=object)[np.argmax(out, axis=1)]
     else:

@@ -159,7 +159,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         early_stopping: bool = False, patience: int = 10, tol: float = 1e-4,
         seed=0, shuffle: bool = True, callback: Callable | None = None,
         progress: bool = True, drop_last: str = "merge",
-        population_stats: bool = True, groups=None) -> FitResult:
+        population_stats: bool = True, groups=None,
+        validation_batch_size: int | None = None) -> FitResult:
     """Train a network with a first-order optimizer, in full or mini-batches.
 
     Each epoch visits the training rows once, in mini-batches drawn from a
@@ -232,6 +233,13 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         with the group's label; merge such groups or drop them first. Under a
         within loss a group of one row is allowed and contributes nothing
         (its own effect fits it exactly).
+
+    validation_batch_size : int, optional
+        Compute the validation loss a chunk of this many rows at a time (the
+        row-weighted mean of the chunks' losses, exact for losses that are
+        means over rows), so that a large validation set never has a
+        whole-data activation matrix in memory. None: one pass. Not with
+        ``groups``.
 
     Returns
     -------
@@ -344,8 +352,12 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                             # Held-out groups are the same every epoch: say so once.
                             if epoch > 1:
                                 warnings.simplefilter("ignore", UnseenGroupWarning)
-                            val_loss = loss_value(net, params, state, x_val, y_val, loss,
-                                                  groups=g_val)
+                            if validation_batch_size and g_val is None:
+                                val_loss = _chunked_loss(net, params, state, x_val, y_val,
+                                                         loss, validation_batch_size)
+                            else:
+                                val_loss = loss_value(net, params, state, x_val, y_val, loss,
+                                                      groups=g_val)
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -378,6 +390,16 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         state = final_statistics(net, params, state, x, batch_size, factors,
                                  len(history["epoch"]), history, previous)
     return FitResult(params, state, history, best_epoch, stopped_early)
+
+
+def _chunked_loss(net, params, state, x, y, loss, rows: int) -> float:
+    n = x.shape[0]
+    total = 0.0
+    for start in range(0, n, rows):
+        idx = np.arange(start, min(start + rows, n))
+        total += loss_value(net, params, state, take_rows(x, idx), take_rows(y, idx),
+                            loss) * idx.shape[0]
+    return total / n
 
 
 def final_statistics(net, params, state, x, batch_size, factors, epoch, history, previous):
