@@ -121,7 +121,7 @@ def test_progress_bar_goes_to_stderr(tmp_path, regression_csv, capsys):
 # --------------------------------------------------------------- errors
 
 Y = ["--target", "y"]
-MISSING_B = "line 3: feature column 'b' has a missing value"
+MISSING_B = "column 'b' in 1 row(s), the first at line 3"
 
 
 @pytest.mark.parametrize("content, args, message", [
@@ -132,7 +132,8 @@ MISSING_B = "line 3: feature column 'b' has a missing value"
     ("a,b,y\n1,2,3\n2,3,5\n", [], "--target COL is required"),
     ("a,b,y\n1,2,3\n", Y, "1 row(s)"),
     ("a,b,y\n1,2,3\n2,3,x\n3,5,8\n", Y, "'x', which is not a number, while other rows"),
-    ("a,b,y\n1,2,3\n2,3\n", Y, "line 3: 2 cells, but the header has 3"),
+    ("a,b,y\n1,2,3\n2,3\n", Y, "column 'y' in 1 row(s), the first at line 3"),
+    ("a,b,y\n1,2,3\n2,3,4,5\n", Y, "line 3: 4 cells, but the header has 3"),
     ("a,b,y\n", Y, "no rows"),
     ("", Y, "empty"),
 ])
@@ -431,7 +432,7 @@ def test_panel_bad_options_are_one_line_and_status_2(tmp_path, capsys, args, mes
     ("firm,a,y\na,1,2\na,2,3\nb,3,1\nb,1,0\nc,2,2\n", ["--group-batchnorm"],
      "--group-batchnorm needs at least 2 training rows per unit; 1 unit(s)"),
     ("firm,a,y\na,1,2\n,2,3\nb,3,1\nb,1,0\n", [],
-     "line 3: the --entity column 'firm' has a missing value"),
+     "column 'firm' in 1 row(s), the first at line 3"),
     ("firm,a,y\na,1,2\na,x,3\nb,3,1\nb,1,0\n", [],
      "line 3: feature column 'a' has 'x', which is not a number"),
 ])

@@ -83,7 +83,7 @@ def test_read_table_rejects_missing_and_infinite(tmp_path, cell, message):
     ("", "empty"),
     ("a,a\n1,2\n", "appears twice"),
     ("a,,c\n1,2,3\n", "no name"),
-    ("a,b\n1,2\n3\n", "line 3: 1 cells, but the header has 2"),
+    ("a,b\n1,2\n3,4,5\n", "line 3: 3 cells, but the header has 2"),
 ])
 def test_read_table_rejects_malformed_files(tmp_path, text, message):
     f = tmp_path / "d.csv"

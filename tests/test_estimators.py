@@ -211,9 +211,13 @@ def test_input_scale_does_not_matter():
 
 def test_float32_stays_float32():
     X, y = _regression()
-    est = BNMLPRegressor(**_small()).fit(X.astype(np.float32), y)
+    est = BNMLPRegressor(**_small()).fit(X.astype(np.float32), y.astype(np.float32))
     assert est.params_[0]["w"].dtype == np.float32
     assert est.predict(X.astype(np.float32)).dtype == np.float32
+    # A float64 target keeps its precision (issue 9): float64 predictions.
+    est = BNMLPRegressor(**_small()).fit(X.astype(np.float32), y.astype(np.float64))
+    assert est.params_[0]["w"].dtype == np.float32
+    assert est.predict(X.astype(np.float32)).dtype == np.float64
     clf = BNMLPClassifier(**_small()).fit(X.astype(np.float32), y > 0)
     assert clf.predict_proba(X.astype(np.float32)).dtype == np.float32
 

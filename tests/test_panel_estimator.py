@@ -249,10 +249,11 @@ def test_new_units_get_no_effect_without_group_batchnorm(rng):
 
 def test_label_codes_with_labels_of_the_other_kind():
     ints, text = np.array([3, 7, 12]), np.array(["07", "a", "b"])
-    # integer and text: the integer literals are matched, any other text is new
+    # integer and text: the canonical integer literals are matched, any other text
+    # ("+3", "03", " 3") is new, as it is a distinct label in a CSV column (issue 9)
     np.testing.assert_array_equal(
         label_codes(ints, np.array(["7", "zz", "12", "+3", " 3", "3.0"]), "u", missing=-1),
-        [1, -1, 2, 0, -1, -1])
+        [1, -1, 2, -1, -1, -1])
     # a mixed list is text to NumPy (as it is in training): 7 is still unit 7
     np.testing.assert_array_equal(label_codes(ints, ["zz", 7], "u", missing=-1), [-1, 1])
     # text and integer: compared as decimal text ("07" is not 7)

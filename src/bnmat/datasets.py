@@ -4,16 +4,15 @@ The wage panel of Vella and Verbeek (1998) — 545 young men observed every year
 from 1980 to 1987, 4,360 rows — is stored in ``bnmat/data/wage_panel.csv.gz``
 exactly as the ``linearmodels`` package distributes it (see
 ``bnmat/data/README.md`` for the source, the licence and the citation). It is
-read with the standard library and NumPy; pandas is needed only for
-``as_frame=True``.
+read, like every CSV file the command line reads, by pandas' C reader
+(:func:`read_table`).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import io
-import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -26,6 +25,7 @@ __all__ = [
     "WAGE_PANEL_DESCR",
     "load_wage_panel",
     "read_table",
+    "table_columns",
     "wage_panel_path",
 ]
 
@@ -57,28 +57,73 @@ _WAGE_ENTITY, _WAGE_TIME, _WAGE_TARGET = "nr", "year", "lwage"
 MISSING = frozenset({"", "na", "nan", "n/a", "null", "none", "."})
 
 
-class Table(NamedTuple):
-    """A CSV file as read: a header and the cells as strings.
+#: Cells read as missing, besides pandas' defaults ("", "NA", "nan", "null", "None", …):
+#: Stata's "." as well.
+_EXTRA_MISSING = [".", "na", "none", "Nan", "NAN", "Null"]
+
+_DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+([eE][+-]?[0-9]+)?")
+
+
+class Table:
+    """A CSV file as read by pandas: the header, and the columns asked for.
 
     Attributes
     ----------
     columns : tuple of str, length p
-    rows : list of tuple of str, N rows of p cells
+        Every column of the header, in file order (also those not read).
+    frame : pandas.DataFrame, shape (N, k)
+        The columns read (all, unless ``usecols`` was given): numbers as
+        float64/int64, text as ``object``; missing cells are NaN.
     source : str
         Where the table came from, for error messages.
+    n_rows : int
     """
 
-    columns: tuple
-    rows: list
-    source: str
+    def __init__(self, columns, frame, source: str):
+        self.columns = tuple(columns)
+        self.frame = frame
+        self.source = source
+        self.n_rows = int(frame.shape[0])
+
+    @property
+    def rows(self) -> range:
+        """Row positions ``range(n_rows)`` (``len(table.rows)`` is the number of rows)."""
+        return range(self.n_rows)
+
+    def line(self, i: int) -> int:
+        """The file line of row ``i`` (line 1 is the header; blank lines are not counted)."""
+        return int(self.frame.index[i]) + 2
+
+    def _series(self, name):
+        if name not in self.frame.columns:
+            raise KeyError(f"{self.source}: column {name!r} was not read")
+        return self.frame[name]
 
     def column(self, name: str) -> list:
-        """The cells of column ``name`` as a list of N strings."""
-        j = self.columns.index(name)
-        return [row[j] for row in self.rows]
+        """The cells of column ``name`` as text, a list of N strings ("" where missing).
+
+        Numbers read as numbers come back in their shortest text form; read a
+        column with ``text_columns`` to keep it exactly as written ("01").
+        """
+        col = self._series(name)
+        if col.dtype.kind in "fiub":
+            return ["" if v != v else str(v) for v in col.tolist()]
+        return [v if isinstance(v, str) else "" for v in col.tolist()]
+
+    def is_text(self, name: str) -> bool:
+        """True when column ``name`` holds text (a cell that is not a number)."""
+        return self._series(name).dtype.kind not in "fiub"
+
+    def missing(self, names) -> np.ndarray:
+        """Boolean (N, k) mask of the missing cells in the columns ``names``."""
+        return self.frame[list(names)].isna().to_numpy()
+
+    def take(self, keep) -> "Table":
+        """The table with the rows where ``keep`` (bool, shape (N,)) is True; lines kept."""
+        return Table(self.columns, self.frame[np.asarray(keep, dtype=bool)], self.source)
 
     def numeric(self, names: Sequence[str], *, what: str = "column") -> np.ndarray:
-        """The columns ``names`` parsed as float64.
+        """The columns ``names`` as float64.
 
         Parameters
         ----------
@@ -93,83 +138,88 @@ class Table(NamedTuple):
         Raises
         ------
         ValueError
-            A cell that is not a finite number; the message names the column,
-            the line of the file and the cell. Missing values ("", "NA", "nan")
-            and infinities are reported, not imputed.
+            Cells that are not numbers, missing cells or infinities. The
+            message counts the rows concerned in each column and names the
+            first (its file line and cell), so that one run lists every problem.
         """
-        idx = [self.columns.index(name) for name in names]
-        out = np.empty((len(self.rows), len(idx)), dtype=np.float64)
-        for i, row in enumerate(self.rows):
-            for k, j in enumerate(idx):
-                out[i, k] = _parse_number(row[j], self.columns[j], i, what, self.source)
+        import pandas as pd
+
+        names = list(names)
+        out = np.empty((self.n_rows, len(names)), dtype=np.float64)
+        problems = []
+        for k, name in enumerate(names):
+            col = self._series(name)
+            if col.dtype.kind in "fiub":
+                out[:, k] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+                text = None
+            else:
+                text = col
+                out[:, k] = pd.to_numeric(col, errors="coerce").to_numpy(
+                    dtype=np.float64, na_value=np.nan)
+            problems += self._problems(name, out[:, k], text, what)
+        if problems:
+            raise ValueError(f"{self.source}: " + "; ".join(problems))
+        return out
+
+    def _problems(self, name, values, text, what) -> list:
+        out = []
+        nan = np.isnan(values)
+        if text is not None:
+            na = text.isna().to_numpy()
+            bad = np.flatnonzero(nan & ~na)
+            if bad.size:
+                i = int(bad[0])
+                hint = _decimal_hint(text.iloc[bad[:20]].tolist())
+                out.append(f"line {self.line(i)}: {what} {name!r} has {text.iloc[i]!r}, which "
+                           f"is not a number ({bad.size} such row(s) in all){hint}")
+            nan = nan & na
+        missing = np.flatnonzero(nan)
+        if missing.size:
+            out.append(f"line {self.line(int(missing[0]))}: {what} {name!r} has a missing "
+                       f"value ({missing.size} such row(s) in all); remove or fill those "
+                       "rows first")
+        inf = np.flatnonzero(np.isinf(values))
+        if inf.size:
+            out.append(f"line {self.line(int(inf[0]))}: {what} {name!r} is infinite "
+                       f"({inf.size} such row(s) in all)")
         return out
 
 
-def _parse_number(cell: str, name: str, i: int, what: str, source: str) -> float:
-    line = i + 2  # line 1 is the header
-    text = cell.strip()
-    if text.lower() in MISSING:
-        raise ValueError(
-            f"{source}, line {line}: {what} {name!r} has a missing value ({cell!r}); "
-            "remove or fill the row first"
-        )
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"{source}, line {line}: {what} {name!r} has {cell!r}, which is not a "
-            "number"
-        ) from None
-    if math.isnan(value):
-        raise ValueError(f"{source}, line {line}: {what} {name!r} is NaN")
-    if math.isinf(value):
-        raise ValueError(f"{source}, line {line}: {what} {name!r} is infinite ({cell!r})")
-    return value
+def _decimal_hint(cells) -> str:
+    if cells and all(isinstance(c, str) and _DECIMAL_COMMA.fullmatch(c.strip()) for c in cells):
+        return " (decimal commas? pass --decimal ,)"
+    return ""
 
 
-def read_table(path, *, source: str | None = None) -> Table:
-    """Read a CSV file with a header row (gzip-compressed when it ends in ``.gz``).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file; ``-`` is not special.
-    source : str, optional
-        Name used in error messages; defaults to ``path``.
-
-    Returns
-    -------
-    Table
-        Cells are kept as strings; parse them with :meth:`Table.numeric`.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        An empty file, a header with an empty or repeated name, or a row whose
-        number of cells differs from the header's (the message names the line).
-    """
-    path = Path(path)
-    source = source or str(path)
+def _read_header(path: Path, source: str, sep: str) -> list:
+    """The header row, read by the csv module, checked; with a hint for a wrong separator."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
-            return _parse(fh, source)
+            line = fh.readline()
+            while line and not line.strip():
+                line = fh.readline()
     except UnicodeDecodeError as exc:
         raise ValueError(f"{source}: not a UTF-8 text file ({exc.reason})") from None
-    except gzip.BadGzipFile as exc:
+    except (gzip.BadGzipFile, EOFError) as exc:
         raise ValueError(f"{source}: not a gzip file ({exc})") from None
+    if not line.strip():
+        raise ValueError(f"{source}: the file is empty; expected a header row of column names")
+    try:
+        header = next(csv.reader([line.rstrip("\r\n")], delimiter=sep))
     except csv.Error as exc:
         raise ValueError(f"{source}: not a valid CSV file ({exc})") from None
-
-
-def _parse(fh: io.TextIOBase, source: str) -> Table:
-    reader = csv.reader(fh)
-    header = next(reader, None)
-    if header is None or not any(cell.strip() for cell in header):
-        raise ValueError(f"{source}: the file is empty; expected a header row of column names")
-    columns = tuple(cell.strip() for cell in header)
+    columns = [cell.strip() for cell in header]
+    if len(columns) == 1:
+        counts = {d: line.count(d) for d in (";", "\t", "|", ",") if d != sep}
+        best = max(counts, key=counts.get)
+        if counts[best] > 0:
+            shown = "a tab" if best == "\t" else repr(best)
+            flag = "--sep '\\t'" if best == "\t" else f"--sep '{best}'"
+            extra = " (and --decimal , if numbers are written 1,5)" if best == ";" else ""
+            raise ValueError(
+                f"{source}: the header has a single column {columns[0][:60]!r}; the file "
+                f"looks separated by {shown}, not {sep!r}. Pass {flag}{extra}")
     empty = [j + 1 for j, name in enumerate(columns) if not name]
     if empty:
         raise ValueError(f"{source}: header column {empty[0]} has no name")
@@ -178,17 +228,91 @@ def _parse(fh: io.TextIOBase, source: str) -> Table:
         if name in seen:
             raise ValueError(f"{source}: column name {name!r} appears twice in the header")
         seen.add(name)
-    rows = []
-    for row in reader:
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
-        if len(row) != len(columns):
-            raise ValueError(
-                f"{source}, line {reader.line_num}: {len(row)} cells, but the header "
-                f"has {len(columns)} columns"
-            )
-        rows.append(tuple(row))
-    return Table(columns=columns, rows=rows, source=source)
+    return columns
+
+
+def table_columns(path, *, source: str | None = None, sep: str = ",") -> list:
+    """The column names of a CSV file's header (checked as :func:`read_table` checks them)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    return _read_header(path, source or str(path), sep)
+
+
+def read_table(path, *, source: str | None = None, usecols=None, text_columns=(),
+               sep: str = ",", decimal: str = ".") -> Table:
+    """Read a CSV file with a header row (gzip-compressed when it ends in ``.gz``).
+
+    The cells are parsed by pandas' C reader (``pandas.read_csv``) straight
+    into float64/int64 columns, so a file of N rows and p numeric columns
+    takes about 8·N·p bytes, not a Python object per cell.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; ``-`` is not special.
+    source : str, optional
+        Name used in error messages; defaults to ``path``.
+    usecols : sequence of str, optional
+        Read only these columns (all by default); ``Table.columns`` still
+        lists the whole header.
+    text_columns : sequence of str, default ()
+        Columns read as text exactly as written (labels such as "01").
+    sep, decimal : str, default "," and "."
+        The field separator and the decimal mark (``";"`` and ``","`` for
+        files written with a European locale).
+
+    Returns
+    -------
+    Table
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        An empty file, a header with an empty or repeated name (with a hint
+        when the separator looks wrong), a row with more cells than the
+        header (the message names the line), a file that is not UTF-8.
+        Missing cells are NaN in the table; :meth:`Table.numeric` reports them.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    source = source or str(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    columns = _read_header(path, source, sep)
+    if usecols is not None:
+        unknown = [c for c in usecols if c not in columns]
+        if unknown:
+            raise ValueError(f"{source}: no column(s) {', '.join(map(repr, unknown))}; the "
+                             f"columns are {', '.join(columns)}")
+        wanted = set(usecols)
+        usecols = [c for c in columns if c in wanted]
+    text = {c: str for c in text_columns if usecols is None or c in usecols}
+    try:
+        frame = pd.read_csv(
+            path, sep=sep, decimal=decimal, header=0, names=columns, usecols=usecols,
+            dtype=text or None, na_values=_EXTRA_MISSING, keep_default_na=True,
+            skipinitialspace=True, encoding="utf-8-sig", engine="c",
+            compression="gzip" if path.suffix == ".gz" else None, skip_blank_lines=True,
+        )
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: not a UTF-8 text file ({exc.reason})") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{source}: the file is empty; expected a header row of column "
+                         "names") from None
+    except pd.errors.ParserError as exc:
+        msg = " ".join(str(exc).split())
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg)
+        if m:
+            raise ValueError(f"{source}, line {m.group(2)}: {m.group(3)} cells, but the "
+                             f"header has {m.group(1)} columns") from None
+        raise ValueError(f"{source}: not a valid CSV file ({msg})") from None
+    return Table(columns, frame, source)
 
 
 class WagePanel(NamedTuple):

@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import zipfile
+from zlib import error as zlib_error
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -204,7 +205,12 @@ def save(path, net, params, state, *, metadata: dict | None = None) -> Path:
         raise TypeError(f"cannot save: {exc}") from exc
     arrays[_HEADER] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
+                                   dir=path.parent or ".")
+    except OSError as exc:
+        # Name the file asked for, not the temporary one.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
@@ -228,60 +234,124 @@ def _bnmat_version() -> str:
 
 
 # ----------------------------------------------------------------- loading
-def _read(path) -> tuple[dict, dict]:
-    """The JSON header and the arrays of a model file; ValueError when unreadable."""
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise FileNotFoundError(f"no such model file: {name}")
+#: Largest JSON description read (bytes); real ones are a few kilobytes.
+_MAX_HEADER_BYTES = 64 << 20
+#: A compressed member may expand at most this many times, plus _SMALL bytes
+#: (:func:`save` never compresses; a higher ratio is a decompression bomb).
+_MAX_RATIO, _SMALL = 100, 1 << 20
+
+
+def _open_archive(name: str) -> zipfile.ZipFile:
     with open(name, "rb") as fh:
         magic = fh.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
         kind = "empty" if not magic else f"it starts with {magic!r}"
         raise ValueError(f"{name}: not a bnmat model file: not an .npz (zip) archive ({kind})")
     try:
-        with np.load(name, allow_pickle=False) as data:
-            files = list(data.files)
-            if _HEADER not in files:
-                shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
-                raise ValueError(
-                    f"{name}: not a bnmat model file: it is a .npz archive without a "
-                    f"{_HEADER!r} entry (it holds: {shown or 'nothing'})"
-                )
-            raw = data[_HEADER]
-            arrays = {k: data[k] for k in files if k != _HEADER}
-    except ValueError as exc:
-        if str(exc).startswith(name + ":"):
-            raise
-        raise ValueError(
-            f"{name}: the model file is corrupt or truncated ({exc})"
-        ) from exc
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        raise ValueError(
-            f"{name}: the model file is corrupt or truncated ({type(exc).__name__}: {exc})"
-        ) from exc
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"{name}: the {_HEADER!r} entry is corrupt (dtype {raw.dtype})")
+        return zipfile.ZipFile(name)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{name}: the model file is corrupt or truncated "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def _read_member(archive: zipfile.ZipFile, key: str, name: str, limit=None) -> np.ndarray:
+    """The array stored under ``key``, read with bounded memory.
+
+    The member's ``.npy`` header is read first; its declared shape and dtype
+    must account exactly for the member's size, and a compressed member may
+    not expand more than ``_MAX_RATIO`` times, before any data are read. So a
+    corrupt shape (1e12 elements) or a decompression bomb is refused without
+    allocating it.
+    """
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name}: the model description is corrupt ({exc})") from exc
-    if not isinstance(header, dict):
-        raise ValueError(f"{name}: the model description is corrupt (not a JSON object)")
-    return header, arrays
+        info = archive.getinfo(key + ".npy")
+    except KeyError:
+        raise ValueError(f"{name}: the model file is incomplete: array {key!r} is missing "
+                         "(no .npy member of that name)") from None
+    where = f"{name}: array {key!r}"
+    if limit is not None and info.file_size > limit:
+        raise ValueError(f"{where} is implausibly large ({info.file_size} bytes)")
+    if info.compress_type != zipfile.ZIP_STORED and \
+            info.file_size > _MAX_RATIO * info.compress_size + _SMALL:
+        raise ValueError(f"{where} expands from {info.compress_size} to {info.file_size} "
+                         "bytes: refused as a decompression bomb (bnmat never compresses)")
+    try:
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+                raise ValueError(f"dtype {dtype}; numbers expected")
+            count = 1
+            for d in shape:
+                count *= int(d)
+            nbytes = count * dtype.itemsize
+            if nbytes != info.file_size - fh.tell():
+                raise ValueError(f"its header declares shape {shape} of {dtype} "
+                                 f"({nbytes} bytes), but it holds {info.file_size - fh.tell()}")
+            data = fh.read(nbytes)
+    except ValueError as exc:
+        raise ValueError(f"{where} is corrupt ({exc})") from exc
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, zlib_error) as exc:
+        raise ValueError(f"{where} is corrupt or truncated ({type(exc).__name__}: {exc})") \
+            from exc
+    if len(data) != nbytes:
+        raise ValueError(f"{where} is truncated")
+    a = np.frombuffer(data, dtype=dtype, count=count)
+    return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
 
 
-def _rebuild(skeleton, arrays: dict, used: set, file: str):
+def _read(path) -> tuple[dict, zipfile.ZipFile]:
+    """The JSON header and the open archive of a model file; ValueError when unreadable.
+
+    Only the header is read here; arrays are read one by one, when the
+    description names them (:func:`_read_member`).
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"no such model file: {name}")
+    archive = _open_archive(name)
+    try:
+        files = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+        if _HEADER not in files:
+            shown = ", ".join(archive.namelist()[:5]) + \
+                (", ..." if len(archive.namelist()) > 5 else "")
+            raise ValueError(
+                f"{name}: not a bnmat model file: it is a .npz archive without a "
+                f"{_HEADER!r} entry (it holds: {shown or 'nothing'})"
+            )
+        raw = _read_member(archive, _HEADER, name, limit=_MAX_HEADER_BYTES)
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"{name}: the {_HEADER!r} entry is corrupt (dtype {raw.dtype})")
+        try:
+            header = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{name}: the model description is corrupt ({exc})") from exc
+        except RecursionError:
+            raise ValueError(f"{name}: the model description is corrupt (nested too "
+                             "deeply)") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{name}: the model description is corrupt (not a JSON object)")
+    except BaseException:
+        archive.close()
+        raise
+    return header, archive
+
+
+def _rebuild(skeleton, archive: zipfile.ZipFile, used: set, file: str):
     if isinstance(skeleton, dict):
-        return {k: _rebuild(v, arrays, used, file) for k, v in skeleton.items()}
+        return {k: _rebuild(v, archive, used, file) for k, v in skeleton.items()}
     if isinstance(skeleton, list):
-        return [_rebuild(v, arrays, used, file) for v in skeleton]
-    if not isinstance(skeleton, str) or skeleton not in arrays:
-        raise ValueError(f"{file}: the model file is incomplete: array {skeleton!r} is missing")
+        return [_rebuild(v, archive, used, file) for v in skeleton]
+    if not isinstance(skeleton, str) or skeleton == _HEADER or skeleton in used:
+        raise ValueError(f"{file}: the model description is corrupt (bad array entry "
+                         f"{skeleton!r})")
     used.add(skeleton)
-    a = arrays[skeleton]
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise ValueError(f"{file}: array {skeleton!r} has dtype {a.dtype}; numbers expected")
-    return a
+    return _read_member(archive, skeleton, file)
 
 
 def load(path) -> SavedModel:
@@ -306,7 +376,16 @@ def load(path) -> SavedModel:
         a layer type that is not registered. The message names the file.
     """
     name = os.fspath(path)
-    header, arrays = _read(path)
+    header, archive = _read(path)
+    try:
+        with archive:
+            return _load(name, header, archive)
+    except RecursionError:
+        raise ValueError(f"{name}: the model description is corrupt (nested too "
+                         "deeply)") from None
+
+
+def _load(name: str, header: dict, archive: zipfile.ZipFile) -> SavedModel:
     if header.get("format") != FORMAT_NAME:
         raise ValueError(
             f"{name}: not a bnmat model file (format {header.get('format')!r}, expected "
@@ -326,9 +405,10 @@ def load(path) -> SavedModel:
             raise ValueError(f"{name}: the model description is corrupt (no {key!r})")
     net = _decode_module(header["net"], name)
     used: set = set()
-    params = _rebuild(header["params"], arrays, used, name)
-    state = _rebuild(header["state"], arrays, used, name)
-    extra = sorted(set(arrays) - used)
+    params = _rebuild(header["params"], archive, used, name)
+    state = _rebuild(header["state"], archive, used, name)
+    stored = {n[:-4] if n.endswith(".npy") else n for n in archive.namelist()}
+    extra = sorted(stored - used - {_HEADER})
     if extra:
         raise ValueError(f"{name}: the model file has arrays its description lacks: {extra}")
     metadata = header.get("metadata", {})

@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="column to predict (required with DATA; default lwage without)")
     fit.add_argument("--drop", nargs="+", default=[], metavar="COL",
                      help="columns that are not features (identifiers); without DATA, nr")
+    fit.add_argument("--features", nargs="+", default=None, metavar="COL",
+                     help="the feature columns (default: every column but the target, the "
+                          "--drop columns and the label columns); only these are read")
+    fit.add_argument("--categorical", nargs="+", default=[], metavar="COL",
+                     help="feature columns of categories (text or codes): one-hot encoded; "
+                          "the levels are stored in the model, and predict rejects new ones")
+    fit.add_argument("--dropna", action="store_true",
+                     help="drop rows with a missing value in a column the model uses, and "
+                          "say how many (default: stop with an error that counts them)")
+    _table_options(fit)
     fit.add_argument("--classify", action="store_true",
                      help="treat the target as class labels (automatic when it is not numeric)")
     fit.add_argument("--hidden", nargs="*", type=int, default=[64, 64], metavar="H",
@@ -116,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("data", metavar="DATA.csv", help="CSV file with a header row")
     pred.add_argument("--output", "-o", metavar="PATH",
                       help="write the predictions to this CSV file (default: standard output)")
+    _table_options(pred)
 
     gc = sub.add_parser(
         "gradcheck", help="compare the network's analytic gradients with finite differences",
@@ -142,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print the closed-form gradients of a small network next to "
                                "finite differences and explicit Jacobians.")
     return parser
+
+
+def _separator(text: str) -> str:
+    return "\t" if text in ("\\t", "tab", "TAB") else text
+
+
+def _table_options(parser) -> None:
+    parser.add_argument("--sep", default=",", metavar="CHAR", type=_separator,
+                        help="field separator of the CSV file (default ','; ';' or '\\t' for "
+                             "tab are common)")
+    parser.add_argument("--decimal", default=".", metavar="CHAR",
+                        help="decimal mark of the numbers (default '.'; ',' with --sep ';')")
 
 
 def main(argv=None) -> int:
@@ -172,6 +195,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("bnmat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of standard output went away (`bnmat predict ... | head`):
+        # not an error of ours. Silence the final flush, and exit as a program
+        # killed by SIGPIPE would (128 + 13), without a message.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (ValueError, OSError, ImportError, TypeError, KeyError) as exc:
         if os.environ.get("BNMAT_TRACEBACK"):
             raise

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..panel._inputs import label_codes
-from ._common import UsageError
 from ..datasets import MISSING
 from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from ..panel._inputs import canonical_integers, label_codes
 from ..panel.model import SmallGroupsError, fit_panel, within_r2_score
 from ..panel.table import load_panel_model, save_panel_model
+from ._common import UsageError
 
 __all__ = ["run_fit_panel", "run_predict_panel"]
 
@@ -60,10 +60,10 @@ def _labels(table, name: str, role: str) -> np.ndarray:
         if cells[i].lower() in MISSING:
             raise UsageError(f"{table.source}, line {i + 2}: the {role} column {name!r} has "
                              f"a missing value ({cells[i]!r}); every row needs a label")
-    try:
-        return np.array([int(c) for c in cells], dtype=np.int64)
-    except (ValueError, OverflowError):
-        return np.array(cells, dtype=str)
+    # Integers only when every cell is written as one canonically: int() would
+    # also read "01", "+1" and "1_0" as 1 and merge distinct units.
+    values = canonical_integers(cells)
+    return np.array(cells, dtype=str) if values is None else values
 
 
 def _codes(labels) -> np.ndarray:
@@ -101,7 +101,14 @@ def _panel_columns(args, table, target: str, drop: list):
             raise UsageError(f"--linear {c!r} is also in --drop")
     drop = [c for c in drop if c not in (entity, time)]
     excluded = {target, entity, time, *drop}
-    features = [c for c in table.columns if c not in excluded]
+    if getattr(args, "features", None):
+        clash = [c for c in args.features if c in (entity, time)]
+        if clash:
+            raise UsageError(f"--features lists {clash[0]!r}, a label column (--entity/--time)")
+        wanted = set(args.features) | set(linear)
+        features = [c for c in table.columns if c in wanted]
+    else:
+        features = [c for c in table.columns if c not in excluded]
     if not features:
         raise UsageError(f"{table.source}: no feature columns are left besides the target, "
                          f"the label columns and --drop")
@@ -202,7 +209,8 @@ def _within_r2(model, x, y, ent, per, rows) -> float:
 
 def run_fit_panel(args) -> int:
     """``bnmat fit --entity COL``: a fixed-effects network; metrics, coefficients, model file."""
-    from .fit import _fmt_metric, _json_float, _load_training_table, _plot
+    from .fit import (_fmt_metric, _json_float, _load_training_table, _plot,
+                      apply_missing_policy)
 
     if args.classify:
         raise UsageError("--classify cannot be used with --entity: panel models are "
@@ -212,10 +220,17 @@ def run_fit_panel(args) -> int:
         raise UsageError("--effects twoway needs --time COL (the column of periods)")
     holdout = _holdout(args)
 
+    if args.categorical:
+        raise UsageError("--categorical is not available with --entity yet: encode the "
+                         "categories as 0/1 columns first")
     table, target, drop, _, label = _load_training_table(args)
     if not table.rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
     entity, time, linear, features, drop = _panel_columns(args, table, target, drop)
+    table = apply_missing_policy(table, [*features, target, entity, *([time] if time else [])],
+                                 args.dropna)
+    if table.n_rows == 0:
+        raise UsageError(f"{table.source}: no rows are left after --dropna")
     # Parse every cell now, so that an error names its line in the whole file.
     x = table.numeric(features, what="feature column")
     y = table.numeric([target], what="target column")[:, 0]
@@ -319,7 +334,8 @@ def run_predict_panel(args, meta) -> int:
     target = meta.get("target") or "prediction"
     from ..datasets import read_table
 
-    table = read_table(args.data)
+    table = read_table(args.data, text_columns=[c for c in (entity, time) if c],
+                       sep=args.sep, decimal=args.decimal)
     features = list(model.feature_names)
     needed = features + [entity] + ([time] if model.effects == "twoway" else [])
     missing = [c for c in needed if c not in table.columns]
@@ -350,5 +366,5 @@ def run_predict_panel(args, meta) -> int:
     if notes[0] and model.group_batchnorm:
         print("bnmat: note: the rows of new units are normalized with the pooled batch "
               "statistics", file=sys.stderr)
-    write_predictions(target, [repr(float(v)) for v in y_hat], args.output)
+    write_predictions(target, np.asarray(y_hat, dtype=np.float64), args.output)
     return 0

@@ -16,7 +16,17 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
+    if exc.name != "sklearn":
+        raise
+    raise ImportError(
+        "bnmat's estimators (BNMLPRegressor, BNMLPClassifier, PanelBNMLPRegressor) follow "
+        "scikit-learn's API and need it: pip install 'bnmat[sklearn]' (or scikit-learn). "
+        "The rest of bnmat (ops, layers, fit, the command line) works without it.",
+        name="scikit-learn") from exc
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
@@ -27,6 +37,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .. import optim, train
 from ..layers._mlp import ACTIVATIONS, Scaling, build_mlp, fit_scaling
 from ..ops.losses import log_softmax
+from ._transaction import transactional_fit
 
 __all__ = ["BNMLPRegressor", "BNMLPClassifier"]
 
@@ -227,7 +238,7 @@ class _BNMLPBase(BaseEstimator):
             if batch > x_tr.shape[0]:
                 warnings.warn(
                     f"batch_size={batch} is larger than the {x_tr.shape[0]} training samples; "
-                    "it is clipped to the sample size", UserWarning, stacklevel=3)
+                    "it is clipped to the sample size", UserWarning, stacklevel=4)
                 batch = x_tr.shape[0]
             if self.solver == "adam":
                 optimizer = optim.adam(float(self.learning_rate_init))
@@ -279,7 +290,7 @@ class _BNMLPBase(BaseEstimator):
                 f"the optimizer reached max_iter={self.max_iter} epochs before the "
                 f"{'validation' if x_val is not None else 'training'} loss stopped improving "
                 f"(tol={self.tol}, n_iter_no_change={self.n_iter_no_change})",
-                ConvergenceWarning, stacklevel=3)
+                ConvergenceWarning, stacklevel=4)
         return self
 
     def _validation_score(self, out, t_val) -> float:
@@ -458,6 +469,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         )
         self.standardize_y = standardize_y
 
+    @transactional_fit
     def fit(self, X, y, sample_weight=None):
         """Fit the network to X and y.
 
@@ -495,13 +507,18 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
                              y_numeric=True)
         sw = _sample_weight(sample_weight, X.shape[0])
         self._y_ndim = y.ndim
-        target = np.ascontiguousarray(np.asarray(y, dtype=X.dtype).reshape(X.shape[0], -1))
+        # y is standardized in its own precision (float64 unless it is float32),
+        # not in X's: float32 cannot hold 1e8 + N(0, 1). Only the standardized
+        # target, of order 1, is cast to X's dtype for training.
+        self._y_dtype = np.result_type(y.dtype, np.float32)
+        target = np.asarray(y, dtype=np.float64).reshape(X.shape[0], -1)
         if self.standardize_y:
             self.y_scaling_ = fit_scaling(target, sample_weight=sw)
         else:
             k = target.shape[1]
             self.y_scaling_ = Scaling(mean=np.zeros(k), scale=np.ones(k))
-        return self._fit_network(X, self.y_scaling_.apply(target), sample_weight=sw)
+        target = np.ascontiguousarray(self.y_scaling_.apply(target).astype(X.dtype))
+        return self._fit_network(X, target, sample_weight=sw)
 
     def _validation_score(self, out, t_val) -> float:
         # R² of the standardized targets equals R² of the original ones.
@@ -517,10 +534,13 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         Returns
         -------
         ndarray, shape (M,) or (M, k)
-            The shape of y in ``fit``; float32 for float32 X, else float64.
+            The shape of y in ``fit``; float32 when X here and X and y in
+            ``fit`` were float32, else float64 (a float64 target keeps its
+            precision also when the network runs in float32).
         """
         z = self._forward(X)  # checks that the model is fitted
-        out = self.y_scaling_.invert(z)
+        # In y's precision (float64 unless X and y were float32 in fit).
+        out = self.y_scaling_.invert(z, dtype=np.result_type(z.dtype, self._y_dtype))
         return out[:, 0] if self._y_ndim == 1 else out
 
     def __sklearn_tags__(self):
@@ -576,6 +596,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
     _loss_name = "softmax_cross_entropy"
     _l2_factor = 1.0  # α‖W‖²/(2N), scikit-learn's
 
+    @transactional_fit
     def fit(self, X, y, sample_weight=None):
         """Fit the network to X and the class labels y.
 

@@ -75,41 +75,110 @@ class Scaling(NamedTuple):
     scale : ndarray, shape (p,), float64
         Population standard deviations (ddof 0); 1 for a constant column, so it
         maps to 0 instead of dividing by zero.
+
+    Both directions are computed in float64 after dividing by a power of two
+    per column, ``c = 2^⌊log₂ max(|mean|, scale)⌋``: that division is exact, so
+    the result is the same number, but ``x − mean`` cannot overflow for data
+    near the largest float (1e308). A result that still overflows (new rows
+    far outside the training range) is a ``ValueError``, never ±inf or NaN.
     """
 
     mean: np.ndarray
     scale: np.ndarray
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """``(x − mean) / scale`` in x's floating dtype; x, shape (N, p), is not modified."""
-        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-        return ((x - self.mean) / self.scale).astype(dtype, copy=False)
+    def _pow2(self) -> np.ndarray:
+        level = np.maximum(np.abs(self.mean), self.scale)
+        return np.exp2(np.floor(np.log2(np.where(level > 0, level, 1.0))))
 
-    def invert(self, z: np.ndarray) -> np.ndarray:
-        """``z · scale + mean`` in z's dtype: the inverse of :meth:`apply`."""
-        return (z * self.scale + self.mean).astype(z.dtype, copy=False)
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``(x − mean) / scale`` in x's floating dtype; x, shape (N, p), is not modified.
+
+        Raises
+        ------
+        ValueError
+            When a standardized value overflows x's dtype.
+        """
+        x = np.asarray(x)
+        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+        c = self._pow2()
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = x / c                      # float64, a new array: updated in place
+            z -= self.mean / c
+            z /= self.scale / c
+            z = z.astype(dtype, copy=False)
+        _check_overflow(z, "standardizing the columns", "far outside the range of the "
+                        "training data")
+        return z
+
+    def invert(self, z: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """``z · scale + mean``, the inverse of :meth:`apply`, in ``dtype``.
+
+        Parameters
+        ----------
+        z : ndarray, shape (N, p)
+        dtype : numpy dtype, default float64
+            Of the result. float64 by default also for float32 ``z``: a target
+            with a large mean and a small spread (``1e8 + N(0, 1)``) cannot be
+            written in float32, whatever the precision of the network.
+
+        Raises
+        ------
+        ValueError
+            When a value overflows ``dtype``.
+        """
+        c = self._pow2()
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = ((np.asarray(z, dtype=np.float64) * (self.scale / c) + self.mean / c) * c)
+            out = out.astype(dtype, copy=False)
+        _check_overflow(out, "transforming the predictions back to the scale of y",
+                        "outside the range of the dtype")
+        return out
+
+
+def _check_overflow(a: np.ndarray, what: str, why: str) -> None:
+    if a.size and not np.all(np.isfinite(a)):
+        raise ValueError(f"{what} overflows {a.dtype}: a value is {why}")
 
 
 def fit_scaling(x: np.ndarray, sample_weight=None) -> Scaling:
     """Means and standard deviations of the columns of ``x``, shape (N, p).
 
-    Computed by the corrected two-pass algorithm, accumulated in float64
+    Computed by the corrected two-pass algorithm in float64
     (:func:`bnmat.ops.batchnorm.column_moments`), so large means with small
-    spreads are standardized correctly also for float32 data. With
-    ``sample_weight`` (N,), the weighted (frequency-weight) mean and standard
-    deviation, so that integer weights equal repeated rows.
+    spreads are standardized correctly also for float32 data, on each column
+    divided by a power of two near its largest absolute value (exact), so that
+    squares neither overflow (values near 1e160 and beyond) nor underflow
+    (spreads near 1e-160 and below).
+
+    A column is constant, and gets scale 1, only when all its values are
+    equal: there is no absolute floor, so a column with a tiny spread (sd 1e-7
+    in float32, 1e-16 around 0 in float64) is scaled like any other.
+
+    With ``sample_weight`` (N,), the weighted (frequency-weight) mean and
+    standard deviation, so that integer weights equal repeated rows.
+
+    Returns
+    -------
+    Scaling
+        ``mean`` and ``scale`` of shape (p,), float64.
     """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array (N, p); got shape {x.shape}")
+    x64 = x.astype(np.float64, copy=False)
+    if x64.shape[0] == 0:
+        raise ValueError("cannot standardize 0 rows")
+    big = np.max(np.abs(x64), axis=0)
+    if not np.all(np.isfinite(big)):
+        raise ValueError("cannot standardize a column with NaN or infinity")
+    c = np.exp2(np.floor(np.log2(np.where(big > 0, big, 1.0))))
     if sample_weight is not None:
         from ..ops.batchnorm_weighted import weighted_column_moments
-        mean, var, _ = weighted_column_moments(np.asarray(x), np.asarray(sample_weight))
-        mean = np.asarray(mean, dtype=np.float64)
-        scale = np.sqrt(np.asarray(var, dtype=np.float64))
+        mean, var, _ = weighted_column_moments(x64 / c, np.asarray(sample_weight))
     else:
-        moments = column_moments(np.asarray(x), ddof=0)
-        mean = np.asarray(moments.mean, dtype=np.float64)
-        scale = np.sqrt(np.asarray(moments.var, dtype=np.float64))
-    # A column whose spread is rounding noise relative to its level is constant.
-    tiny = 10 * np.finfo(np.asarray(x).dtype if np.issubdtype(np.asarray(x).dtype, np.floating)
-                         else np.float64).eps * np.maximum(1.0, np.abs(mean))
-    scale = np.where(scale <= tiny, 1.0, scale)
+        mean, var = column_moments(x64 / c, ddof=0)[:2]
+    mean = np.asarray(mean, dtype=np.float64) * c
+    scale = np.sqrt(np.asarray(var, dtype=np.float64)) * c
+    constant = np.max(x64, axis=0) == np.min(x64, axis=0)
+    scale = np.where(constant | ~(scale > 0), 1.0, scale)
     return Scaling(mean=mean, scale=scale)

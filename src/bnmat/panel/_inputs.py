@@ -18,7 +18,8 @@ import numpy as np
 
 from .._segments import demean
 
-__all__ = ["encode_labels", "label_codes", "lookup_effects", "resolve_columns",
+__all__ = ["encode_labels", "label_codes", "canonical_integers", "check_finite_rows",
+           "lookup_effects", "resolve_columns",
            "check_identified", "check_group_sizes", "NotIdentifiedError",
            "AbsorbedFeaturesError", "CollinearFeaturesError", "SmallGroupsError"]
 
@@ -82,10 +83,34 @@ class SmallGroupsError(ValueError):
 
 
 # ----------------------------------------------------------------- labels
+def _is_missing(v) -> bool:
+    """None, NaN, pandas' NA or NaT: a missing label, never a unit named "nan"."""
+    if v is None:
+        return True
+    try:
+        return bool(v != v)
+    except TypeError:        # pandas.NA: its comparisons are NA, whose truth is an error
+        return True
+
+
+def _check_no_missing(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind == "f":
+        bad = np.flatnonzero(np.isnan(arr))
+    elif arr.dtype.kind == "O":
+        bad = np.flatnonzero([_is_missing(v) for v in arr.tolist()])
+    else:
+        return
+    if bad.size:
+        raise ValueError(
+            f"{name} has {bad.size} missing label(s) (None or NaN), the first in row "
+            f"{int(bad[0])}; every row needs a label: drop those rows or give them one")
+
+
 def _label_array(labels, n: int, name: str) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must hold one label per row ({n} rows); got shape {arr.shape}")
+    _check_no_missing(arr, name)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise TypeError(f"{name} must hold integer or string labels; got non-integer floats")
@@ -104,7 +129,34 @@ def encode_labels(labels, n: int, name: str):
     return uniq, codes.reshape(-1).astype(np.int64)
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+#: An integer written the one way ``str(int)`` writes it: "01", "+1", "1_0" and " 1"
+#: are other labels (two people with ids "01" and "1" are two people).
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def canonical_integers(cells):
+    """int64 labels when every string is a canonical integer literal, else None.
+
+    Parameters
+    ----------
+    cells : sequence of str, length N
+
+    Returns
+    -------
+    ndarray of int64, shape (N,), or None
+        None when some cell is not written as ``str(int(cell))`` (leading
+        zeros, a sign "+", underscores, spaces) or is out of int64's range:
+        then the labels are text, and "01" and "1" stay two labels.
+    """
+    values = np.empty(len(cells), dtype=np.int64)
+    for i, s in enumerate(cells):
+        if not _INTEGER.fullmatch(s):
+            return None
+        v = int(s)
+        if not -2**63 <= v < 2**63:
+            return None
+        values[i] = v
+    return values
 
 
 def _as_integers(text: np.ndarray):
@@ -186,6 +238,33 @@ def check_group_sizes(labels: np.ndarray, codes: np.ndarray, ddof: int) -> None:
 
 
 # ----------------------------------------------------------------- columns
+def check_finite_rows(a: np.ndarray, name: str, names=None) -> None:
+    """Raise ``ValueError`` naming how many rows of ``a`` hold NaN or infinity, and the first.
+
+    Parameters
+    ----------
+    a : ndarray, shape (N,) or (N, p)
+    name : str
+        "x" or "y", for the message.
+    names : sequence of str, optional
+        Column names of ``a``, to name the first bad column.
+    """
+    finite = np.isfinite(a)
+    if finite.all():
+        return
+    rows = ~finite if a.ndim == 1 else ~finite.all(axis=1)
+    bad = np.flatnonzero(rows)
+    i = int(bad[0])
+    where = f"row {i}"
+    if a.ndim == 2:
+        j = int(np.flatnonzero(~finite[i])[0])
+        where += f", column {names[j]!r}" if names is not None else f", column {j}"
+    value = a[i] if a.ndim == 1 else a[i, j]
+    kind = "NaN" if np.isnan(value) else "infinity"
+    raise ValueError(f"{name} contains NaN or infinity in {bad.size} row(s); the first is "
+                     f"{where} ({kind}). Drop or fill those rows first")
+
+
 def resolve_columns(spec, p: int, names: Sequence[str], what: str) -> tuple:
     """Column positions from indices or names (a single name or index is allowed)."""
     if spec is None:

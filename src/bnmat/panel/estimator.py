@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..estimators._base import _BNMLPBase, auto_batch_size, auto_solver
+from ..estimators._transaction import transactional_fit
 from .inference import COV_TYPES, INFERENCE, crossfit_inference, within_inference
 from .model import EFFECTS, fit_panel, within_r2_score
 
@@ -250,6 +251,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         self.cv = cv
         self.cov_type = cov_type
 
+    @transactional_fit
     def fit(self, X, y, groups=None, time=None):
         """Fit the panel network.
 
@@ -334,7 +336,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             warnings.warn(
                 f"the optimizer reached max_iter={self.max_iter} epochs before the loss "
                 f"stopped improving (tol={tol}, n_iter_no_change={self.n_iter_no_change})",
-                ConvergenceWarning, stacklevel=2)
+                ConvergenceWarning, stacklevel=3)
         return self
 
     def _options(self, hidden, solver, n) -> dict:
@@ -345,7 +347,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             if batch > n:
                 warnings.warn(
                     f"batch_size={batch} is larger than the {n} training samples; it is "
-                    "clipped to the sample size", UserWarning, stacklevel=3)
+                    "clipped to the sample size", UserWarning, stacklevel=4)
                 batch = n
         return dict(
             hidden=hidden, activation=self.activation, solver=solver, alpha=float(self.alpha),

@@ -49,7 +49,7 @@ from ..layers._mlp import Scaling, fit_scaling
 from ._inputs import (
     AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
     check_group_sizes, check_identified, encode_labels, label_codes, lookup_effects,
-    resolve_columns,
+    resolve_columns, check_finite_rows,
 )
 from ..layers import partially_linear, tree_leaves
 from ..ops.group_batchnorm_inference import UnseenGroupWarning
@@ -354,6 +354,8 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
         raise ValueError(f"feature_names has {len(names)} names for {p} columns")
     if n < 2:
         raise ValueError(f"n_samples={n}: batch statistics need at least 2 samples")
+    check_finite_rows(x, "x", names)
+    check_finite_rows(y, "y")
 
     # Labels ---------------------------------------------------------------
     need_entity = effects != "none" or group_batchnorm

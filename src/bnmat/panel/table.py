@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layers._mlp import Scaling
 from ..io import load, save
+from ..layers._mlp import Scaling
+from ._inputs import canonical_integers
 from .model import EFFECTS, PanelModel, fit_panel
 
 __all__ = ["fit_panel_from_table", "predict_panel_table", "save_panel_model",
@@ -34,10 +35,10 @@ def _labels(table, name: str) -> np.ndarray:
         if c.lower() in ("", "na", "nan", "n/a", "null", "none", "."):
             raise ValueError(f"{table.source}, line {i + 2}: the label column {name!r} has a "
                              f"missing value ({c!r})")
-    try:
-        return np.array([int(c) for c in cells], dtype=np.int64)
-    except (ValueError, OverflowError):
-        return np.array(cells, dtype=str)
+    # Integers only when every cell is written as one canonically: int() would
+    # also read "01", "+1" and "1_0" as 1 and merge distinct units.
+    values = canonical_integers(cells)
+    return np.array(cells, dtype=str) if values is None else values
 
 
 def _require(table, names, what):

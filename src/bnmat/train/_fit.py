@@ -135,7 +135,10 @@ def is_nonfinite_error(exc: Exception) -> bool:
 
 
 def divergence_error(epoch, params, state, history, cause=None):
-    where = f" ({str(cause).rstrip('.')})" if cause else ""
+    # The op's advice to rescale the data is wrong here: the data were finite
+    # and usable, the parameters made the layer's input overflow.
+    cause = re.sub(r";\s*rescale[^;]*$", "", str(cause).rstrip(".")) if cause else ""
+    where = f" ({cause})" if cause else ""
     return DivergenceError(
         f"training diverged at epoch {epoch}: the loss or the parameters became "
         f"non-finite{where}. Lower the learning rate or standardize the data; the last "
@@ -157,7 +160,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         seed=0, shuffle: bool = True, callback: Callable | None = None,
         progress: bool = True, drop_last: str = "merge",
         population_stats: bool = True, groups=None, reducer=None,
-        sample_weight=None) -> FitResult:
+        sample_weight=None, validation_batch_size: int | None = None) -> FitResult:
     """Train a network with a first-order optimizer, in full or mini-batches.
 
     Each epoch visits the training rows once, in mini-batches drawn from a
@@ -247,6 +250,12 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         ``validation_fraction`` keeps its rows' weights and its loss is
         weighted; an explicit ``validation_data`` is unweighted. Not combined
         with ``groups``.
+    validation_batch_size : int, optional
+        Compute the validation loss a chunk of this many rows at a time (the
+        row-weighted mean of the chunks' losses, exact for losses that are
+        means over rows), so that a large validation set never has a
+        whole-data activation matrix in memory. None: one pass. Not with
+        ``groups``.
 
     Returns
     -------
@@ -340,6 +349,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     history = {"epoch": [], "loss": [], "val_loss": []}
     best, best_epoch, best_params, best_state = math.inf, 0, params, state
     wait, stopped_early = 0, False
+    previous = (params, state)   # before the last step, for a divergence found at the end
     bar = _Progress(epochs, progress)
     try:
         # Overflow is detected below (non-finite loss or parameters): numpy's
@@ -367,6 +377,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                     new_params, opt_state = optimizer.update(grads, opt_state, params)
                     if not (math.isfinite(value) and _all_finite(new_params)):
                         raise divergence_error(epoch, params, state, history)
+                    previous = (params, state)
                     params, state = new_params, new_state
                     m = xb.shape[0]
                     total, rows = total + value * m, rows + m
@@ -382,9 +393,12 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                                 val_loss = value_and_grad(net, params, state, x_val, y_val,
                                                           loss, training=False,
                                                           sample_weight=w_val)[0]
+                            elif validation_batch_size and g_val is None:
+                                val_loss = _chunked_loss(net, params, state, x_val, y_val,
+                                                         loss, validation_batch_size)
                             else:
-                                val_loss = loss_value(net, params, state, x_val, y_val,
-                                                      loss, groups=g_val)
+                                val_loss = loss_value(net, params, state, x_val, y_val, loss,
+                                                      groups=g_val)
                     except ValueError as exc:
                         if is_nonfinite_error(exc):
                             raise divergence_error(epoch, params, state, history, exc) from exc
@@ -413,10 +427,43 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
 
     if early_stopping:
         params, state = best_params, best_state
-    if population_stats and sw is not None:
-        from ._weighted import as_weights_like, weighted_population_statistics
-        state = weighted_population_statistics(net, params, state, x, as_weights_like(sw, x))
-    elif population_stats:
-        state = population_statistics(net, params, state, x, batch_size=batch_size,
-                                      groups=factors)
+    if population_stats:
+        state = final_statistics(net, params, state, x, batch_size, factors,
+                                 len(history["epoch"]), history, previous, sample_weight=sw)
     return FitResult(params, state, history, best_epoch, stopped_early)
+
+
+def _chunked_loss(net, params, state, x, y, loss, rows: int) -> float:
+    n = x.shape[0]
+    total = 0.0
+    for start in range(0, n, rows):
+        idx = np.arange(start, min(start + rows, n))
+        total += loss_value(net, params, state, take_rows(x, idx), take_rows(y, idx),
+                            loss) * idx.shape[0]
+    return total / n
+
+
+def final_statistics(net, params, state, x, batch_size, factors, epoch, history, previous,
+                     sample_weight=None):
+    """:func:`population_statistics` at the end of training, with divergence named as such.
+
+    The data were checked to be finite before training, so a non-finite
+    statistic here means that the last step produced parameters whose output
+    overflows (a huge learning rate): that is divergence in the last epoch,
+    not a problem of the data. ``previous`` holds the parameters and state
+    before that step. With ``sample_weight`` (N,), the weighted statistics.
+    """
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            if sample_weight is not None:
+                from ._weighted import as_weights_like, weighted_population_statistics
+                return weighted_population_statistics(net, params, state, x,
+                                                      as_weights_like(sample_weight, x))
+            return population_statistics(net, params, state, x, batch_size=batch_size,
+                                         groups=factors)
+    except ValueError as exc:
+        if is_nonfinite_error(exc):
+            raise divergence_error(max(epoch, 1), *previous, history,
+                                   "the network's output overflows with the final "
+                                   "parameters") from exc
+        raise

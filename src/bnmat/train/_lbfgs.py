@@ -10,10 +10,10 @@ import numpy as np
 from .._array_api import get_namespace, is_numpy, to_numpy
 from ..layers._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
-from ._fit import FitResult, divergence_error, is_nonfinite_error, positive_int
+from ._fit import (FitResult, divergence_error, final_statistics, is_nonfinite_error,
+                   positive_int)
 from ._grad import check_l2, resolve_loss, value_and_grad
 from ._groups import as_factors, for_loss
-from ._statistics import population_statistics
 
 __all__ = ["fit_lbfgs"]
 
@@ -134,10 +134,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     if not np.all(np.isfinite(result.x)):
         raise divergence_error(len(history["epoch"]) + 1, params, state, history)
     new_params = unflatten(result.x)
-    if population_stats and sample_weight is not None:
-        from ._weighted import as_weights_like, weighted_population_statistics
-        state = weighted_population_statistics(net, new_params, state, x,
-                                               as_weights_like(sample_weight, x))
-    elif population_stats:
-        state = population_statistics(net, new_params, state, x, groups=factors)
+    if population_stats:
+        state = final_statistics(net, new_params, state, x, None, factors,
+                                 len(history["epoch"]) + 1, history, (params, state),
+                                 sample_weight=sample_weight)
     return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])

@@ -1,0 +1,90 @@
+"""Whole-data passes in row chunks, so memory stays bounded on large tables.
+
+The command line trains on files of millions of rows. A pass of the network
+over all of them at once (validation loss, predictions, the final population
+statistics) would hold several N×width arrays per layer — gigabytes for a
+CSV file of 50 MB. These helpers do the same computations a chunk of rows at
+a time and give the same numbers up to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..layers import BatchNorm, Sequential
+
+__all__ = ["CHUNK_ROWS", "predict_chunked", "population_statistics_chunked"]
+
+#: Rows per chunk: 16384 rows × 64 units × 8 bytes = 8 MiB per array.
+CHUNK_ROWS = 16384
+
+
+def _chunks(n: int, rows: int):
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)] or [slice(0, 0)]
+
+
+def predict_chunked(net, params, state, x, rows: int = CHUNK_ROWS) -> np.ndarray:
+    """``net.predict(params, state, x)`` (inference mode), a chunk of ``rows`` rows at a time.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, p)
+
+    Returns
+    -------
+    ndarray, shape (N, k)
+    """
+    parts = [np.asarray(net.predict(params, state, x[s])) for s in _chunks(x.shape[0], rows)]
+    return np.concatenate(parts, axis=0)
+
+
+def population_statistics_chunked(net, params, state, x, rows: int = CHUNK_ROWS):
+    """:func:`bnmat.train.population_statistics` for a flat ``Sequential``, in bounded memory.
+
+    For each batch norm in turn, the rows are streamed, a chunk at a time,
+    through the layers before it in inference mode — with the population
+    statistics already set for the earlier batch norms, which makes their
+    output equal to the training-mode output on all rows — and the chunks'
+    moments are merged with count weights (Chan, Golub and LeVeque)::
+
+        μ  = Σ Nᵢ μᵢ / N,   σ² = [Σ Nᵢ σ²ᵢ,₀ + Σ Nᵢ (μᵢ − μ)²] / (N − ddof)
+
+    Memory: one chunk of each layer's output; time: one pass per batch norm.
+    Any other network goes to :func:`bnmat.train.population_statistics`.
+
+    Returns
+    -------
+    new_state : list
+        ``state`` with ``mean`` and ``var`` replaced in every batch norm.
+    """
+    if not (isinstance(net, Sequential)
+            and all(not hasattr(layer, "population_state") or isinstance(layer, BatchNorm)
+                    for layer in net.layers)):
+        from ..train import population_statistics
+
+        return population_statistics(net, params, state, x, batch_size=rows)
+    state = list(state)
+    n = x.shape[0]
+    for k, layer in enumerate(net.layers):
+        if not isinstance(layer, BatchNorm):
+            continue
+        parts = []
+        for s in _chunks(n, rows):
+            h = x[s]
+            for j in range(k):
+                h = net.layers[j].forward(params[j], state[j], h, training=False)[0]
+            moments = ops.column_moments(np.asarray(h), ddof=0)
+            parts.append((s.stop - s.start, np.asarray(moments.mean, dtype=np.float64),
+                          np.asarray(moments.var, dtype=np.float64)))
+        if n - layer.ddof < 1 or n < 2:
+            raise ValueError(f"batch statistics need at least {max(2, layer.ddof + 1)} rows; "
+                             f"got N={n}")
+        mean = sum(m * mu for m, mu, _ in parts) / n
+        m2 = sum(m * v + m * (mu - mean) ** 2 for m, mu, v in parts)
+        var = m2 / (n - layer.ddof)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+            raise ValueError("the batch statistics overflow: Input x contains NaN or infinity.")
+        dtype = np.asarray(state[k]["mean"]).dtype
+        state[k] = {**state[k], "mean": mean.astype(dtype), "var": var.astype(dtype)}
+    return state
