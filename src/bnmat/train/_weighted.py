@@ -41,7 +41,8 @@ def check_sample_weight(sample_weight, n_rows: int):
     if np.any(w < 0):
         raise ValueError("sample_weight must be >= 0; got a negative weight")
     if not np.sum(w) > 0:
-        raise ValueError("sample_weight sums to 0: no row would count")
+        raise ValueError("sample_weight is zero everywhere (the weights sum to zero): no row "
+                         "would count")
     return w
 
 
