@@ -45,3 +45,129 @@ def test_inference_stats_gradients(rng, fd_grad, rel_error, eps):
 
     assert rel_error(got.dmean, fd_grad(lambda m: r(mean=m), mean)) < 1e-9
     assert rel_error(got.dvar, fd_grad(lambda v: r(var=v), var, h=1e-4)) < 1e-9
+
+
+# ------------------------------------------------------------------ layer norm
+def _torch_ln(x, g, b, eps, ddof):
+    mu = x.mean(1, keepdim=True)
+    var = ((x - mu) ** 2).sum(1, keepdim=True) / (x.shape[1] - ddof)
+    return (x - mu) / torch.sqrt(var + eps) * g + b
+
+
+@pytest.mark.parametrize("ddof,eps", [(0, 0.0), (0, 1e-5), (1, 0.3)])
+def test_layernorm_first_and_second_order(rng, fd_grad, rel_error, ddof, eps):
+    n, p = 5, 4
+    x = rng.normal(size=(n, p)) * rng.uniform(0.5, 2, size=(n, 1)) + rng.normal(size=(n, 1))
+    gamma, beta = rng.normal(size=p), rng.normal(size=p)
+    dy, a = rng.normal(size=(n, p)), rng.normal(size=(n, p))
+    c, e = rng.normal(size=p), rng.normal(size=p)
+    y, cache = ops.layernorm_forward(x, gamma, beta, eps=eps, ddof=ddof)
+    first = ops.layernorm_backward(dy, cache)
+    second = ops.layernorm_double_backward(a, c, e, dy, cache)
+
+    tx, tg, tb, tdy = _t(x, True), _t(gamma, True), _t(beta, True), _t(dy, True)
+    ty = _torch_ln(tx, tg, tb, eps, ddof)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-13, atol=1e-13)
+    dx, dg, db = torch.autograd.grad(ty, (tx, tg, tb), tdy, create_graph=True)
+    for ours, theirs in zip(first, (dx, dg, db)):
+        assert rel_error(ours, theirs.detach().numpy()) < 1e-13
+    s = (dx * _t(a)).sum() + (dg * _t(c)).sum() + (db * _t(e)).sum()
+    want = torch.autograd.grad(s, (tdy, tx, tg))
+    for ours, theirs in zip(second, want):
+        assert rel_error(ours, theirs.numpy()) < 1e-12
+
+    def r(x_):
+        return float(np.sum(ops.layernorm_forward(x_, gamma, beta, eps=eps, ddof=ddof)[0] * dy))
+
+    assert rel_error(first.dx, fd_grad(r, x)) < 1e-9
+
+    def s_of(x_, g_, dy_):
+        dxx, dgg, dbb = ops.layernorm_backward(
+            dy_, ops.layernorm_forward(x_, g_, beta, eps=eps, ddof=ddof)[1])
+        return float(np.sum(dxx * a) + dgg @ c + dbb @ e)
+
+    assert rel_error(second.ddy, fd_grad(lambda d: s_of(x, gamma, d), dy)) < 1e-8
+    assert rel_error(second.dx, fd_grad(lambda z: s_of(z, gamma, dy), x)) < 1e-8
+    assert rel_error(second.dgamma, fd_grad(lambda g: s_of(x, g, dy), gamma)) < 1e-8
+    np.testing.assert_allclose(first.dx.sum(axis=1), 0, atol=1e-12 * np.abs(first.dx).max())
+
+
+def test_layernorm_errors(rng):
+    with pytest.raises(ValueError, match="at least 2 features"):
+        ops.layernorm_forward(rng.normal(size=(4, 1)), np.ones(1), np.zeros(1))
+    x = rng.normal(size=(3, 3))
+    x[1] = 2.0
+    with pytest.raises(ValueError, match="row 1 of x is constant"):
+        ops.layernorm_forward(x, np.ones(3), np.zeros(3), eps=0.0)
+
+
+# ------------------------------------------------------------------ batch renorm
+def _torch_renorm(x, g, b, m, v, r_max, d_max, eps, ddof):
+    mu = x.mean(0)
+    var_b = ((x - mu) ** 2).sum(0) / (x.shape[0] - ddof)
+    sb = torch.sqrt(var_b + eps)
+    sigma = torch.sqrt(v + eps)
+    r = torch.clamp(sb / sigma, 1 / r_max, r_max).detach()
+    d = torch.clamp((mu - m) / sigma, -d_max, d_max).detach()
+    return ((x - mu) / sb * r + d) * g + b
+
+
+@pytest.mark.parametrize("r_max,d_max", [(1.5, 0.5), (100.0, 100.0), (1.0, 0.0)])
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_batch_renorm_first_and_second_order(rng, fd_grad, rel_error, r_max, d_max, ddof):
+    n, p = 7, 3
+    x = rng.normal(size=(n, p)) * 2 + 1
+    gamma, beta = rng.normal(size=p), rng.normal(size=p)
+    mean, var = rng.normal(size=p), rng.uniform(0.3, 4, size=p)
+    dy, a = rng.normal(size=(n, p)), rng.normal(size=(n, p))
+    c, e = rng.normal(size=p), rng.normal(size=p)
+    kw = dict(r_max=r_max, d_max=d_max, eps=1e-3, ddof=ddof)
+    y, cache = ops.batch_renorm_forward(x, gamma, beta, mean, var, **kw)
+    first = ops.batch_renorm_backward(dy, cache)
+    second = ops.batch_renorm_double_backward(a, c, e, dy, cache)
+
+    tx, tg, tb, tdy = _t(x, True), _t(gamma, True), _t(beta, True), _t(dy, True)
+    ty = _torch_renorm(tx, tg, tb, _t(mean), _t(var), r_max, d_max, 1e-3, ddof)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-13, atol=1e-13)
+    dx, dg, db = torch.autograd.grad(ty, (tx, tg, tb), tdy, create_graph=True)
+    for ours, theirs in zip(first, (dx, dg, db)):
+        assert rel_error(ours, theirs.detach().numpy()) < 1e-13
+    s = (dx * _t(a)).sum() + (dg * _t(c)).sum() + (db * _t(e)).sum()
+    want = torch.autograd.grad(s, (tdy, tx, tg))
+    for ours, theirs in zip(second, want):
+        assert rel_error(ours, theirs.numpy()) < 1e-12
+    if r_max == 1.0 and d_max == 0.0:          # r = 1, d = 0: batch norm itself
+        y_bn, _ = ops.batchnorm_forward(x, gamma, beta, eps=1e-3, ddof=ddof)
+        np.testing.assert_allclose(y, y_bn, rtol=1e-13, atol=1e-13)
+
+    # finite differences of the first-order backward with r, d frozen at their values
+    r_fix, d_fix = cache.r, cache.d
+
+    def frozen_forward(x_, g_):
+        y_b, c_b = ops.batchnorm_forward(x_, np.ones(p), np.zeros(p), eps=1e-3, ddof=ddof)
+        return (y_b * r_fix + d_fix) * g_ + beta
+
+    def s_of(x_, g_, dy_):
+        _, c_ = ops.batch_renorm_forward(x_, g_, beta, mean, var, **kw)
+        dxx, dgg, dbb = ops.batch_renorm_backward(dy_, c_)
+        return float(np.sum(dxx * a) + dgg @ c + dbb @ e)
+
+    assert rel_error(first.dx, fd_grad(lambda z: float(np.sum(frozen_forward(z, gamma) * dy)),
+                                       x)) < 1e-9
+    assert rel_error(second.ddy, fd_grad(lambda d: s_of(x, gamma, d), dy)) < 1e-8
+    assert rel_error(second.dgamma, fd_grad(lambda g: s_of(x, g, dy), gamma)) < 1e-8
+
+    def s_frozen(x_):           # S as a function of x with r and d frozen
+        _, cb = ops.batchnorm_forward(x_, gamma * r_fix, np.zeros(p), eps=1e-3, ddof=ddof)
+        dxx, dgb, dbb = ops.batchnorm_backward(dy, cb)
+        return float(np.sum(dxx * a) + (r_fix * dgb + d_fix * dbb) @ c + dbb @ e)
+
+    assert rel_error(second.dx, fd_grad(s_frozen, x)) < 1e-8
+
+
+def test_batch_renorm_limits_are_checked(rng):
+    x = rng.normal(size=(5, 2))
+    with pytest.raises(ValueError, match="r_max"):
+        ops.batch_renorm_forward(x, np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), r_max=0.5)
+    with pytest.raises(ValueError, match="d_max"):
+        ops.batch_renorm_forward(x, np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), d_max=-1)
