@@ -171,3 +171,118 @@ def test_batch_renorm_limits_are_checked(rng):
         ops.batch_renorm_forward(x, np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), r_max=0.5)
     with pytest.raises(ValueError, match="d_max"):
         ops.batch_renorm_forward(x, np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), d_max=-1)
+
+
+# ------------------------------------------------------------------ layers, switches, HVP
+from bnmat.layers._tree import tree_leaves, tree_map  # noqa: E402
+
+
+def _torch_net_grad_and_hvp(forward, params, v, x, y):
+    tp = tree_map(lambda a: torch.tensor(a, requires_grad=True), params)
+    flat = tree_leaves(tp)
+    r = ((forward(tp, torch.tensor(x))[:, 0] - torch.tensor(y)) ** 2).sum()
+    g = torch.autograd.grad(r, flat, create_graph=True)
+    vs = [torch.tensor(a) for a in tree_leaves(v, like=params)]
+    hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, vs)), flat,
+                             allow_unused=True)
+    return ([t.detach().numpy() for t in g],
+            [np.zeros(a.shape) if h is None else h.numpy() for a, h in zip(flat, hv)])
+
+
+def _normwise(ours, theirs):
+    a = np.concatenate([np.ravel(t) for t in ours])
+    b = np.concatenate([np.ravel(t) for t in theirs])
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _check_net(net, forward, rng, x, y, state_override=None):
+    params, state = net.init(x, seed=0)
+    params = tree_map(lambda a: a + 0.3 * rng.normal(size=np.shape(a)), params)
+    if state_override is not None:
+        state = state_override(state)
+    v = tree_map(lambda a: rng.normal(size=np.shape(a)), params)
+    _, grads, _ = bnmat.value_and_grad(net, params, state, x, y, "sse")
+    hv = bnmat.hvp(net, params, state, x, y, v)
+    g_t, hv_t = _torch_net_grad_and_hvp(lambda p, tx: forward(p, tx, state), params, v, x, y)
+    assert _normwise(tree_leaves(grads, like=params), g_t) < 1e-11
+    assert _normwise(tree_leaves(hv, like=params), hv_t) < 1e-10
+    return params, state
+
+
+def test_layernorm_layer_gradient_and_hvp(rng):
+    x, y = rng.normal(size=(9, 5)), rng.normal(size=9)
+    net = bnmat.Sequential([bnmat.Dense(4), bnmat.LayerNorm(eps=1e-3), bnmat.Tanh(),
+                            bnmat.Dense(1)])
+
+    def forward(p, tx, state):
+        h = tx @ p[0]["w"] + p[0]["b"]
+        h = _torch_ln(h, p[1]["gamma"], p[1]["beta"], 1e-3, 0)
+        return torch.tanh(h) @ p[3]["w"] + p[3]["b"]
+
+    params, state = _check_net(net, forward, rng, x, y)
+    # one row works, and inference equals training
+    np.testing.assert_allclose(net.predict(params, state, x[:1]),
+                               net.forward(params, state, x, training=True)[0][:1], rtol=1e-13)
+
+
+def test_batch_renorm_layer_gradient_hvp_and_state(rng):
+    x, y = rng.normal(size=(10, 4)), rng.normal(size=10)
+    net = bnmat.Sequential([bnmat.Dense(3, bias=False), bnmat.BatchRenorm(r_max=1.2, d_max=0.3),
+                            bnmat.Sigmoid(), bnmat.Dense(1)])
+
+    def stored(state):
+        state = list(state)
+        state[1] = {**state[1], "mean": rng.normal(size=3), "var": rng.uniform(0.2, 3, size=3)}
+        return state
+
+    def forward(p, tx, state):
+        h = tx @ p[0]["w"]
+        h = _torch_renorm(h, p[1]["gamma"], p[1]["beta"], torch.tensor(state[1]["mean"]),
+                          torch.tensor(state[1]["var"]), 1.2, 0.3, 1e-5, 0)
+        return torch.sigmoid(h) @ p[3]["w"] + p[3]["b"]
+
+    params, state = _check_net(net, forward, rng, x, y, stored)
+    _, new_state, _ = net.forward(params, state, x, training=True)
+    assert int(new_state[1]["count"]) == int(state[1]["count"]) + 1
+    pop = bnmat.population_statistics(net, params, state, x)
+    np.testing.assert_allclose(net.predict(params, pop, x),
+                               net.forward(params, pop, x, training=True)[0], atol=1e-12)
+    with pytest.raises(ValueError, match="r_max"):
+        bnmat.BatchRenorm(r_max=0.5)
+
+
+@pytest.mark.parametrize("center,scale", [(False, True), (True, False), (False, False)])
+def test_batchnorm_center_scale_switches(rng, center, scale):
+    x, y = rng.normal(size=(10, 4)), rng.normal(size=10)
+    bn = bnmat.BatchNorm(center=center, scale=scale)
+    net = bnmat.Sequential([bnmat.Dense(3, bias=False), bn, bnmat.ReLU(), bnmat.Dense(1)])
+    params, _ = net.init(x)
+    assert sorted(params[1]) == sorted(k for k, on in (("gamma", scale), ("beta", center)) if on)
+
+    def forward(p, tx, state):
+        h = tx @ p[0]["w"]
+        mu = h.mean(0)
+        h = (h - mu) / torch.sqrt(((h - mu) ** 2).mean(0) + 1e-5)
+        h = h * p[1]["gamma"] if scale else h
+        h = h + p[1]["beta"] if center else h
+        return torch.relu(h) @ p[3]["w"] + p[3]["b"]
+
+    x = x + 0.0          # NumPy float64, C order: the input the fused kernels would take
+    _check_net(net, forward, rng, x, y)
+
+
+def test_batchnorm_without_running_statistics(rng):
+    x = rng.normal(size=(12, 3))
+    net = bnmat.Sequential([bnmat.Dense(2), bnmat.BatchNorm(track_running_stats=False),
+                            bnmat.ReLU(), bnmat.Dense(1)])
+    params, state = net.init(x)
+    assert state[1] == {}
+    out, new_state, _ = net.forward(params, state, x, training=True)
+    assert new_state[1] == {}
+    np.testing.assert_allclose(net.predict(params, state, x), out, rtol=1e-13, atol=1e-13)
+    pop = bnmat.population_statistics(net, params, state, x, batch_size=5)
+    assert pop[1] == {}
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        net.predict(params, state, x[:1])
+    with pytest.raises(ValueError, match="True or False"):
+        bnmat.BatchNorm(center="yes")
