@@ -289,6 +289,36 @@ def hvp_case(rng, weighted):
     return rel(ours, want), rel(ours, fd_hv)
 
 
+def group_case(rng, ddof, eps):
+    n, p = 11, 3
+    groups = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 2])
+    x = rng.normal(size=(n, p)) * 2 + groups[:, None]
+    g, b = rng.normal(size=p), rng.normal(size=p)
+    dy, a, c, e = (rng.normal(size=(n, p)), rng.normal(size=(n, p)), rng.normal(size=p),
+                   rng.normal(size=p))
+    _, cache = ops.group_batchnorm_forward(x, groups, g, b, eps=eps, ddof=ddof)
+    got = ops.group_batchnorm_double_backward(a, c, e, dy, cache)
+    tx, tg, tb, tdy = T(x, True), T(g, True), T(b, True), T(dy, True)
+    y = torch.zeros(n, p, dtype=torch.float64)
+    for k in range(3):
+        rows = np.flatnonzero(groups == k)
+        y = y.index_put((torch.tensor(rows),), torch_bn(tx[rows], tg, tb, eps, ddof))
+    dx, dg, db = torch.autograd.grad(y, (tx, tg, tb), tdy, create_graph=True)
+    s = (dx * T(a)).sum() + (dg * T(c)).sum() + (db * T(e)).sum()
+    want = torch.autograd.grad(s, (tdy, tx, tg))
+    e_t = max(rel(o, t.numpy()) for o, t in zip(got, want))
+
+    def s_of(x_, g_, dy_):
+        _, c_ = ops.group_batchnorm_forward(x_, groups, g_, b, eps=eps, ddof=ddof)
+        r = ops.group_batchnorm_backward(dy_, c_)
+        return float(np.sum(r.dx * a) + r.dgamma @ c + r.dbeta @ e)
+
+    e_fd = max(rel(got.ddy, fd(lambda d: s_of(x, g, d), dy)),
+               rel(got.dx, fd(lambda z: s_of(z, g, dy), x)),
+               rel(got.dgamma, fd(lambda q: s_of(x, q, dy), g)))
+    return e_t, e_fd
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -316,6 +346,9 @@ def main(argv=None):
             for eps in (0.0, 0.3):
                 record("layernorm_double_backward", *layernorm_case(rng, ddof, eps),
                        float("nan"))
+        for ddof, eps in ((0, 0.0), (1, 1e-3)):
+            record("group_batchnorm_double_backward", *group_case(rng, ddof, eps),
+                   float("nan"))
         record("dense_double_backward", *dense_case(rng), float("nan"))
         for name in sorted(TORCH_ACT):
             record(f"activation_double_backward[{name}]", *activation_case(rng, name),
