@@ -324,3 +324,11 @@ def test_weighted_hvp_equals_repeated_rows_and_torch(rng):
                                like=params)
         assert _normwise(ours, repeated) < 1e-12
         assert _normwise(ours, torch_hvp(net, params, x[rep], y[rep], v, loss)) < 1e-10
+
+
+def test_second_order_guide_examples_run(capsys):
+    from pathlib import Path
+
+    from _doc_examples import check_doc_examples
+
+    check_doc_examples(Path(__file__).resolve().parents[1] / "docs" / "second_order.md", capsys)
