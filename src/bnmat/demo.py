@@ -246,7 +246,10 @@ def _flat(tree):
 
 
 def hvp_by_gradient_differences(net, params, x, y, v, h: float = 1e-5) -> np.ndarray:
-    """H v ≈ [g(θ − 2hv) − 8g(θ − hv) + 8g(θ + hv) − g(θ + 2hv)]/(12h), g = ∇R (first order)."""
+    """H v ≈ [g(θ − 2hv) − 8g(θ − hv) + 8g(θ + hv) − g(θ + 2hv)]/(12h), g = ∇R.
+
+    g is the closed-form first-order gradient (:func:`bnmat.value_and_grad`).
+    """
     from .train import value_and_grad
 
     _, state = net.init(x)

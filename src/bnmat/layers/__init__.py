@@ -35,7 +35,8 @@ from .dense import Dense
 from .partially_linear import partially_linear
 
 __all__ = [
-    "Dense", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupBatchNorm", "Linear", "partially_linear",
+    "Dense", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupBatchNorm", "Linear",
+    "partially_linear",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Sequential", "Additive", "SequentialCache", "AdditiveCache",
     "population_forward", "uses_groups",
