@@ -286,3 +286,17 @@ def test_batchnorm_without_running_statistics(rng):
         net.predict(params, state, x[:1])
     with pytest.raises(ValueError, match="True or False"):
         bnmat.BatchNorm(center="yes")
+
+
+def test_new_layers_and_switches_save_and_load(rng, tmp_path):
+    x = rng.normal(size=(10, 3))
+    net = bnmat.Sequential([bnmat.Dense(4), bnmat.LayerNorm(ddof=1), bnmat.ReLU(),
+                            bnmat.Dense(4, bias=False), bnmat.BatchRenorm(r_max=2.0),
+                            bnmat.BatchNorm(center=False, track_running_stats=False),
+                            bnmat.Dense(1)])
+    params, state = net.init(x, seed=0)
+    path = bnmat.save(tmp_path / "m.npz", net, params, state)
+    loaded = bnmat.load(path)
+    assert loaded.net == net
+    np.testing.assert_array_equal(loaded.net.predict(loaded.params, loaded.state, x),
+                                  net.predict(params, state, x))
