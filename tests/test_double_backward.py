@@ -272,3 +272,34 @@ def test_group_batchnorm_double_backward_one_group_is_batchnorm(rng):
     for u, v in zip(ops.group_batchnorm_double_backward(a, c, e, dy, gcache),
                     ops.batchnorm_double_backward(a, c, e, dy, cache)):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
+
+
+# ------------------------------------------------------------------ array namespaces
+def test_double_backward_ops_run_on_every_namespace(backend, rng):
+    """The new ops are array-API code: each namespace gives NumPy's numbers."""
+    x, gamma, beta, dy, a, c, e, w = _bn_case(rng, 8, 3, "real")
+    B = backend.asarray
+
+    def both(f):
+        ours = f(B)
+        ref = f(np.asarray)
+        for u, v in zip(ours, ref):
+            assert backend.owns(u)
+            np.testing.assert_allclose(backend.to_numpy(u), v, rtol=1e-12, atol=1e-13)
+
+    both(lambda A: ops.batchnorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.batchnorm_forward(A(x), A(gamma), A(beta), ddof=1)[1]))
+    both(lambda A: ops.batchnorm_double_backward(
+        A(a), A(c), A(e), A(dy),
+        ops.batchnorm_forward(A(x), A(gamma), A(beta), weights=A(w))[1]))
+    both(lambda A: ops.batchnorm_backward(
+        A(dy), ops.batchnorm_forward(A(x), A(gamma), A(beta), weights=A(w))[1]))
+    both(lambda A: ops.layernorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.layernorm_forward(A(x), A(gamma), A(beta))[1]))
+    both(lambda A: ops.batch_renorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.batch_renorm_forward(
+            A(x), A(gamma), A(beta), A(np.zeros(3)), A(np.ones(3)))[1]))
+    both(lambda A: ops.batchnorm_inference_stats_backward(
+        A(dy), A(x), A(gamma), A(beta), A(np.zeros(3)), A(np.ones(3))))
+    both(lambda A: ops.activation_double_backward(
+        "tanh", A(a), A(dy), ops.tanh_forward(A(x))[1]))

@@ -332,3 +332,18 @@ def test_second_order_guide_examples_run(capsys):
     from _doc_examples import check_doc_examples
 
     check_doc_examples(Path(__file__).resolve().parents[1] / "docs" / "second_order.md", capsys)
+
+
+def test_weighted_cross_entropy_hvp_equals_repeated_rows_and_torch(rng):
+    net = bnmat.Sequential([bnmat.Dense(5, bias=False), bnmat.BatchNorm(), bnmat.Tanh(),
+                            bnmat.Dense(3)])
+    x = rng.normal(size=(12, 4))
+    params, state = _perturbed(net, x, rng)
+    y = np.eye(3)[rng.integers(0, 3, size=12)]
+    v = tree_map(lambda a: rng.normal(size=np.shape(a)), params)
+    w = rng.integers(1, 4, size=12)
+    rep = np.repeat(np.arange(12), w)
+    ours = tree_leaves(bnmat.hvp(net, params, state, x, y, v, loss="softmax_cross_entropy",
+                                 sample_weight=w), like=params)
+    assert _normwise(ours, torch_hvp(net, params, x[rep], y[rep], v,
+                                     "softmax_cross_entropy")) < 1e-10
