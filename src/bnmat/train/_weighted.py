@@ -91,6 +91,10 @@ def _leaves(net, params, state, path=()):
         raise TypeError("sample weights are not supported with GroupBatchNorm")
     if hasattr(net, "_modules") and not isinstance(net, Sequential):
         raise TypeError(f"sample weights support Sequential networks; got {type(net).__name__}")
+    if hasattr(net, "population_state") and not isinstance(net, BatchNorm):
+        # its training output depends on the batch, and it has no weighted statistics
+        raise TypeError(f"sample weights are not supported with {type(net).__name__} (its "
+                        "batch statistics would ignore the weights); use BatchNorm")
     return [(net, params, state, path)]
 
 
