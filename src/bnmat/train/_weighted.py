@@ -124,8 +124,8 @@ def weighted_forward(net, params, state, x, w, *, training: bool):
     leaves = _leaves(net, params, state)
     h, new_states, caches = x, [], []
     for layer, p, s, _ in leaves:
-        if training and isinstance(layer, BatchNorm):
-            h, s_new, cache = layer.forward(p, s, h, training=True, sample_weight=w)
+        if isinstance(layer, BatchNorm):   # inference ignores w unless batch statistics
+            h, s_new, cache = layer.forward(p, s, h, training=training, sample_weight=w)
         else:
             h, s_new, cache = layer.forward(p, s, h, training=training)
         new_states.append(s_new)
