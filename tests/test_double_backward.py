@@ -226,3 +226,80 @@ def test_loss_double_backward(rng, fd_grad, rel_error, name, dloss):
         return float(np.sum(bwd(dloss, fwd(p_, y)[1]) * dd))
 
     assert rel_error(got.dy_pred, fd_grad(s_of, y_pred)) < TOL_FD
+
+
+# ------------------------------------------------------------------ group-wise batch norm
+@pytest.mark.parametrize("ddof,eps", [(0, 0.0), (1, 1e-3), (0, 0.5)])
+def test_group_batchnorm_double_backward(rng, fd_grad, rel_error, ddof, eps):
+    n, p = 11, 3
+    groups = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 2])
+    x = rng.normal(size=(n, p)) * 2 + groups[:, None]
+    gamma, beta = rng.normal(size=p), rng.normal(size=p)
+    dy, a = rng.normal(size=(n, p)), rng.normal(size=(n, p))
+    c, e = rng.normal(size=p), rng.normal(size=p)
+    _, cache = ops.group_batchnorm_forward(x, groups, gamma, beta, eps=eps, ddof=ddof)
+    got = ops.group_batchnorm_double_backward(a, c, e, dy, cache)
+
+    tx, tg, tb, tdy = _t(x, True), _t(gamma, True), _t(beta, True), _t(dy, True)
+    y = torch.zeros_like(tx)
+    parts = []
+    for k in range(3):
+        rows = np.flatnonzero(groups == k)
+        parts.append((rows, _torch_bn(tx[rows], tg, tb, eps, ddof)))
+    y = torch.zeros(n, p, dtype=torch.float64)
+    for rows, yk in parts:
+        y = y.index_put((torch.tensor(rows),), yk)
+    dx, dg, db = torch.autograd.grad(y, (tx, tg, tb), tdy, create_graph=True)
+    s = (dx * _t(a)).sum() + (dg * _t(c)).sum() + (db * _t(e)).sum()
+    want = torch.autograd.grad(s, (tdy, tx, tg))
+    for name, ours, theirs in zip(("ddy", "dx", "dgamma"), got, want):
+        assert rel_error(ours, theirs.numpy()) < TOL_TORCH, name
+
+    def s_of(x_, gamma_, dy_):
+        _, cache_ = ops.group_batchnorm_forward(x_, groups, gamma_, beta, eps=eps, ddof=ddof)
+        r = ops.group_batchnorm_backward(dy_, cache_)
+        return float(np.sum(r.dx * a) + r.dgamma @ c + r.dbeta @ e)
+
+    assert rel_error(got.ddy, fd_grad(lambda d: s_of(x, gamma, d), dy)) < TOL_FD
+    assert rel_error(got.dx, fd_grad(lambda z: s_of(z, gamma, dy), x)) < TOL_FD
+    assert rel_error(got.dgamma, fd_grad(lambda g: s_of(x, g, dy), gamma)) < TOL_FD
+
+
+def test_group_batchnorm_double_backward_one_group_is_batchnorm(rng):
+    x, gamma, beta, dy, a, c, e, _ = _bn_case(rng, 8, 3, None)
+    _, gcache = ops.group_batchnorm_forward(x, np.zeros(8, dtype=int), gamma, beta, ddof=1)
+    _, cache = ops.batchnorm_forward(x, gamma, beta, ddof=1)
+    for u, v in zip(ops.group_batchnorm_double_backward(a, c, e, dy, gcache),
+                    ops.batchnorm_double_backward(a, c, e, dy, cache)):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
+
+
+# ------------------------------------------------------------------ array namespaces
+def test_double_backward_ops_run_on_every_namespace(backend, rng):
+    """The new ops are array-API code: each namespace gives NumPy's numbers."""
+    x, gamma, beta, dy, a, c, e, w = _bn_case(rng, 8, 3, "real")
+    B = backend.asarray
+
+    def both(f):
+        ours = f(B)
+        ref = f(np.asarray)
+        for u, v in zip(ours, ref):
+            assert backend.owns(u)
+            np.testing.assert_allclose(backend.to_numpy(u), v, rtol=1e-12, atol=1e-13)
+
+    both(lambda A: ops.batchnorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.batchnorm_forward(A(x), A(gamma), A(beta), ddof=1)[1]))
+    both(lambda A: ops.batchnorm_double_backward(
+        A(a), A(c), A(e), A(dy),
+        ops.batchnorm_forward(A(x), A(gamma), A(beta), weights=A(w))[1]))
+    both(lambda A: ops.batchnorm_backward(
+        A(dy), ops.batchnorm_forward(A(x), A(gamma), A(beta), weights=A(w))[1]))
+    both(lambda A: ops.layernorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.layernorm_forward(A(x), A(gamma), A(beta))[1]))
+    both(lambda A: ops.batch_renorm_double_backward(
+        A(a), A(c), A(e), A(dy), ops.batch_renorm_forward(
+            A(x), A(gamma), A(beta), A(np.zeros(3)), A(np.ones(3)))[1]))
+    both(lambda A: ops.batchnorm_inference_stats_backward(
+        A(dy), A(x), A(gamma), A(beta), A(np.zeros(3)), A(np.ones(3))))
+    both(lambda A: ops.activation_double_backward(
+        "tanh", A(a), A(dy), ops.tanh_forward(A(x))[1]))

@@ -288,7 +288,7 @@ def test_fit_newton_lowers_the_loss_and_the_gradient(rng, method):
                             bnmat.Dense(1)])
     params, state = net.init(x, seed=0)
     start, g0, _ = bnmat.value_and_grad(net, params, state, x, y, "mse")
-    result = bnmat.fit_newton(net, params, state, x, y, method=method, max_iter=60)
+    result = bnmat.fit_newton(net, params, state, x, y, method=method, max_iter=300)
     end, g1, _ = bnmat.value_and_grad(net, result.params, state, x, y, "mse")
     assert end < 0.5 * start
     gnorm = lambda g: max(np.abs(a).max() for a in tree_leaves(g))  # noqa: E731
@@ -324,3 +324,26 @@ def test_weighted_hvp_equals_repeated_rows_and_torch(rng):
                                like=params)
         assert _normwise(ours, repeated) < 1e-12
         assert _normwise(ours, torch_hvp(net, params, x[rep], y[rep], v, loss)) < 1e-10
+
+
+def test_second_order_guide_examples_run(capsys):
+    from pathlib import Path
+
+    from _doc_examples import check_doc_examples
+
+    check_doc_examples(Path(__file__).resolve().parents[1] / "docs" / "second_order.md", capsys)
+
+
+def test_weighted_cross_entropy_hvp_equals_repeated_rows_and_torch(rng):
+    net = bnmat.Sequential([bnmat.Dense(5, bias=False), bnmat.BatchNorm(), bnmat.Tanh(),
+                            bnmat.Dense(3)])
+    x = rng.normal(size=(12, 4))
+    params, state = _perturbed(net, x, rng)
+    y = np.eye(3)[rng.integers(0, 3, size=12)]
+    v = tree_map(lambda a: rng.normal(size=np.shape(a)), params)
+    w = rng.integers(1, 4, size=12)
+    rep = np.repeat(np.arange(12), w)
+    ours = tree_leaves(bnmat.hvp(net, params, state, x, y, v, loss="softmax_cross_entropy",
+                                 sample_weight=w), like=params)
+    assert _normwise(ours, torch_hvp(net, params, x[rep], y[rep], v,
+                                     "softmax_cross_entropy")) < 1e-10

@@ -11,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 
 import bnmat
 from bnmat import BNMLPClassifier, BNMLPRegressor, PanelBNMLPRegressor, optim
-from bnmat._mlp import Scaling, fit_scaling
+from bnmat.layers._mlp import Scaling, fit_scaling
 
 
 def _data(n=400, seed=0):
@@ -236,7 +236,7 @@ def test_pandas_na_label_is_an_error():
 
 
 def test_canonical_integer_labels():
-    from bnmat._panel_inputs import canonical_integers, label_codes
+    from bnmat.panel._inputs import canonical_integers, label_codes
     assert canonical_integers(["1", "-2", "0"]).tolist() == [1, -2, 0]
     for odd in ("01", "+1", "1_0", " 1", "-0x", "", "1.0"):
         assert canonical_integers(["1", odd]) is None
@@ -276,7 +276,7 @@ def test_fit_panel_nan_names_the_row():
 # ------------------------------------------------------------- bounded memory on big tables
 def test_chunked_population_statistics_and_validation_match_one_pass():
     from bnmat.cli._chunked import population_statistics_chunked, predict_chunked
-    from bnmat._mlp import build_mlp
+    from bnmat.layers._mlp import build_mlp
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 4))
     y = rng.normal(size=(500, 1))

@@ -286,7 +286,7 @@ def test_sample_weight_errors(rng):
         bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.ones(9))
     with pytest.raises(ValueError, match=">= 0"):
         bnmat.value_and_grad(net, params, state, x, y, sample_weight=-np.ones(10))
-    with pytest.raises(ValueError, match="sums to 0"):
+    with pytest.raises(ValueError, match="zero everywhere"):
         bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.zeros(10))
     with pytest.raises(ValueError, match="cannot be combined"):
         bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.ones(10),
@@ -332,3 +332,16 @@ def test_estimator_stochastic_solver_accepts_weights(rng):
     assert np.isfinite(est.predict(x)).all()
     with pytest.raises(ValueError, match="sample_weight"):
         bnmat.BNMLPRegressor().fit(x, y, sample_weight=np.ones(3))
+
+
+def test_sample_weight_refuses_layers_with_unweighted_batch_statistics(rng):
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=10)
+    net = bnmat.Sequential([bnmat.Dense(2, bias=False), bnmat.BatchRenorm(), bnmat.Dense(1)])
+    params, state = net.init(x)
+    with pytest.raises(TypeError, match="BatchRenorm"):
+        bnmat.value_and_grad(net, params, state, x, y, sample_weight=np.ones(10))
+    ln = bnmat.Sequential([bnmat.Dense(2), bnmat.LayerNorm(), bnmat.Dense(1)])
+    p2, s2 = ln.init(x)          # layer norm's statistics are per row: weights do not enter
+    a = bnmat.value_and_grad(ln, p2, s2, x, y, sample_weight=np.full(10, 2.0))
+    b = bnmat.value_and_grad(ln, p2, s2, x, y)
+    assert abs(a[0] - 2 * b[0]) < 1e-12 * abs(b[0])

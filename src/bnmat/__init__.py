@@ -28,6 +28,7 @@ _LAZY = {
     "ReLU": "layers", "LeakyReLU": "layers", "Tanh": "layers", "Sigmoid": "layers",
     "Softplus": "layers", "Identity": "layers", "Additive": "layers",
     "GroupBatchNorm": "layers", "Linear": "layers",
+    "LayerNorm": "layers", "BatchRenorm": "layers",
     # training
     "value_and_grad": "train", "fit": "train", "fit_lbfgs": "train",
     "population_statistics": "train", "FitResult": "train", "DivergenceError": "train",

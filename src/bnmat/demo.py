@@ -22,7 +22,8 @@ from . import ops
 from .gradcheck import numerical_grad
 from .jacobians import activation_jacobian, batchnorm_jacobians, dense_jacobians, unvec
 
-__all__ = ["run_demo", "demo_problem", "formula_grads", "jacobian_grads"]
+__all__ = ["run_demo", "demo_problem", "formula_grads", "jacobian_grads",
+           "run_second_order_demo", "second_order_problem"]
 
 N, P1, P2 = 10, 7, 4
 DDOF, EPS = 1, 0.0
@@ -210,6 +211,134 @@ def run_demo(stream: TextIO | None = None) -> int:
         say(f"OK: the closed-form gradients agree with both oracles to {TOLERANCE:g} relative.")
         return 0
     say(f"FAIL: a closed-form gradient differs from an oracle by more than {TOLERANCE:g}.")
+    return 1
+
+
+# --------------------------------------------------------------------------- second order
+#: Agreement required of the closed-form H v with torch (float64) and with differences.
+HVP_TOLERANCE_TORCH, HVP_TOLERANCE_FD = 1e-10, 1e-6
+
+
+def second_order_problem(seed: int = SEED):
+    """The demo network as a :class:`bnmat.Sequential`, its parameters and a direction v.
+
+    Returns
+    -------
+    net, params, x, y, v
+        ``Dense(4, bias=False) → BatchNorm(ddof=1, eps=0) → ReLU → Dense(1, bias=False)``
+        with Γ1, γ, β, Γ2 of :func:`demo_problem`; v a seeded N(0, 1) direction
+        shaped like ``params``.
+    """
+    from .layers import BatchNorm, Dense, ReLU, Sequential
+
+    theta = demo_problem(seed)
+    net = Sequential([Dense(P2, bias=False), BatchNorm(ddof=DDOF, eps=EPS), ReLU(),
+                      Dense(1, bias=False)])
+    params = [{"w": theta["gamma1"]}, {"gamma": theta["gamma"], "beta": theta["beta"]}, {},
+              {"w": theta["gamma2"][:, None]}]
+    rng = np.random.default_rng(seed + 1)
+    v = [{k: rng.normal(size=a.shape) for k, a in p.items()} for p in params]
+    return net, params, theta["x"], theta["y"], v
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(a) for p in tree for _, a in sorted(p.items())])
+
+
+def hvp_by_gradient_differences(net, params, x, y, v, h: float = 1e-5) -> np.ndarray:
+    """H v ≈ [g(θ − 2hv) − 8g(θ − hv) + 8g(θ + hv) − g(θ + 2hv)]/(12h), g = ∇R.
+
+    g is the closed-form first-order gradient (:func:`bnmat.value_and_grad`).
+    """
+    from .train import value_and_grad
+
+    _, state = net.init(x)
+
+    def grad_at(t):
+        p = [{k: a + t * v[i][k] for k, a in d.items()} for i, d in enumerate(params)]
+        return _flat(value_and_grad(net, p, state, x, y, "sse")[1])
+
+    return (grad_at(-2 * h) - 8 * grad_at(-h) + 8 * grad_at(h) - grad_at(2 * h)) / (12 * h)
+
+
+def hvp_by_torch(net_params, x, y, v):
+    """H v by torch's double backward of the same network (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    tp = [{k: torch.tensor(a, requires_grad=True) for k, a in sorted(p.items())}
+          for p in net_params]
+    flat = [t for p in tp for t in p.values()]
+    z = torch.tensor(x) @ tp[0]["w"]
+    mu = z.mean(0)
+    var = ((z - mu) ** 2).sum(0) / (z.shape[0] - DDOF)
+    b = (z - mu) / torch.sqrt(var + EPS) * tp[1]["gamma"] + tp[1]["beta"]
+    y_hat = (torch.relu(b) @ tp[3]["w"])[:, 0]
+    r = ((torch.tensor(y) - y_hat) ** 2).sum()
+    g = torch.autograd.grad(r, flat, create_graph=True)
+    vs = [torch.tensor(a) for p in v for _, a in sorted(p.items())]
+    hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, vs)), flat)
+    return np.concatenate([t.numpy().ravel() for t in hv])
+
+
+def run_second_order_demo(stream: TextIO | None = None) -> int:
+    """``bnmat demo --second-order``: the Hessian-vector product of the demo network.
+
+    Prints H v (H the Hessian of R with respect to Γ1, γ, β, Γ2 in training mode)
+    from the closed-form double backward (:func:`bnmat.hvp`) beside finite
+    differences of the closed-form gradient and torch's double backward.
+
+    Returns
+    -------
+    int
+        0 when the closed form agrees with torch to :data:`HVP_TOLERANCE_TORCH`
+        and with the differences to :data:`HVP_TOLERANCE_FD` (relative to the
+        largest entry), else 1. Without torch, only the differences are compared.
+    """
+    from .train import hvp
+
+    out = stream or sys.stdout
+
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    net, params, x, y, v = second_order_problem()
+    closed = _flat(hvp(net, params, None, x, y, v))
+    fd = hvp_by_gradient_differences(net, params, x, y, v)
+    th = hvp_by_torch(params, x, y, v)
+    say("bnmat demo --second-order: the same network, X (10×7) → 4 units → batch norm "
+        "(ddof=1, ε=0)")
+    say("            → ReLU → ŷ = HΓ2 → R = Σ(y − ŷ)²; H v for a random direction v "
+        f"(seed {SEED + 1})")
+    say()
+    names = [f"{label}[{i}]" for label, size in
+             (("Γ1", P1 * P2), ("β", P2), ("γ", P2), ("Γ2", P2)) for i in range(size)]
+    # _flat sorts each layer's keys: w; beta, gamma; w — the order of ``names``
+    say(f"  {'entry':<8} {'closed form':>20} {'differences':>20} {'torch':>20}")
+    for i, name in enumerate(names):
+        if i < 6 or i >= P1 * P2:
+            t = f"{th[i]:>20.12e}" if th is not None else f"{'-':>20}"
+            say(f"  {name:<8} {closed[i]:>20.12e} {fd[i]:>20.12e} {t}")
+        elif i == 6:
+            say(f"  {'…':<8} ({P1 * P2 - 6} more entries of Γ1)")
+    scale = max(np.max(np.abs(closed)), 1e-300)
+    e_fd = float(np.max(np.abs(closed - fd)) / scale)
+    say()
+    say("largest difference of the closed form, relative to max |H v|:")
+    say(f"  finite differences of the gradient: {e_fd:.2e}")
+    ok = e_fd < HVP_TOLERANCE_FD
+    if th is not None:
+        e_t = float(np.max(np.abs(closed - th)) / scale)
+        say(f"  torch double backward:              {e_t:.2e}")
+        ok &= e_t < HVP_TOLERANCE_TORCH
+    else:
+        say("  torch double backward:              (torch is not installed)")
+    say()
+    if ok:
+        say("OK: the closed-form Hessian-vector product agrees with the oracles.")
+        return 0
+    say("FAIL: the closed-form Hessian-vector product differs from an oracle.")
     return 1
 
 

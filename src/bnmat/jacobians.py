@@ -549,7 +549,8 @@ def batchnorm_backward_jacobians(
 
         dx_dy     = blockdiag_j( γ_j s_j Q_jᵀ )
         dx_dx     = blockdiag_j( K_j ),
-                    K_j = −(γ_j s_j²/n′)[ (Q_jᵀ g_j)(W x̂_j)ᵀ + dγ_j W Q_j + W x̂_j g_jᵀ Q_j ]
+                    K_j = −(γ_j s_j²/n′)[ (Q_jᵀ g_j)(W x̂_j)ᵀ + dγ_j W Q_j
+                                          + W x̂_j g_jᵀ Q_j ]
         dx_dgamma = diag(vec(Qᵀ(G) diag(s))) (I_p ⊗ 1_N)
         dgamma_dy = (I_p ⊗ 1_N)ᵀ diag(vec X̂)
         dgamma_dx = blockdiag_j( s_j g_jᵀ Q_j )

@@ -149,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (default 1e-6)")
     gc.add_argument("--seed", type=int, default=0, help="seed of the data and weights")
 
-    sub.add_parser("demo", help="the worked example: one batch-normalized layer, by hand",
-                   description="Print the closed-form gradients of a small network next to "
-                               "finite differences and explicit Jacobians.")
+    demo = sub.add_parser("demo", help="the worked example: one batch-normalized layer, by hand",
+                          description="Print the closed-form gradients of a small network "
+                                      "next to finite differences and explicit Jacobians.")
+    demo.add_argument("--second-order", action="store_true",
+                      help="print the Hessian-vector product from the closed forms beside "
+                           "finite differences of the gradient and torch")
     return parser
 
 
@@ -190,6 +193,9 @@ def main(argv=None) -> int:
             return run_predict(args)
         if args.command == "gradcheck":
             return _run_gradcheck(args)
+        if getattr(args, "second_order", False):
+            from ..demo import run_second_order_demo
+            return run_second_order_demo()
         from ..demo import run_demo
         return run_demo()
     except KeyboardInterrupt:

@@ -24,6 +24,8 @@ from ._registry import layer_class, layer_name, register_layer, registered_layer
 from ._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .batchnorm import BatchNorm
+from .batch_renorm import BatchRenorm
+from .layernorm import LayerNorm
 from .group_batchnorm import GroupBatchNorm
 from .linear import Linear
 from ._network import population_forward, uses_groups
@@ -33,7 +35,8 @@ from .dense import Dense
 from .partially_linear import partially_linear
 
 __all__ = [
-    "Dense", "BatchNorm", "GroupBatchNorm", "Linear", "partially_linear",
+    "Dense", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupBatchNorm", "Linear",
+    "partially_linear",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Sequential", "Additive", "SequentialCache", "AdditiveCache",
     "population_forward", "uses_groups",

@@ -49,7 +49,8 @@ def fusable(layer, following) -> bool:
 
     Exact types only: a subclass may change ``forward``.
     """
-    return type(layer) is BatchNorm and type(following) is ReLU
+    return (type(layer) is BatchNorm and type(following) is ReLU
+            and layer.center and layer.scale)    # the kernels take γ and β
 
 
 def batchnorm_relu_forward(bn_layer, params, state, relu_params, x):

@@ -64,6 +64,17 @@ class BatchNorm:
     decay : float in [0, 1], default 0.9
         Weight on the old running value in the moving average of the
         statistics (see the module docstring).
+    center : bool, default True
+        Learn the shift β. False fixes β = 0 and the layer has no ``"beta"``
+        parameter (Keras ``center=False``; PyTorch ``affine=False`` is
+        ``center=False, scale=False``).
+    scale : bool, default True
+        Learn the scale γ. False fixes γ = 1 and the layer has no ``"gamma"``.
+    track_running_stats : bool, default True
+        Keep running statistics in the state. False: the state is empty and
+        inference mode normalizes with the statistics of the batch it is given
+        (as PyTorch's ``track_running_stats=False``), so predictions then need
+        at least ``max(2, ddof + 1)`` rows and depend on the other rows.
 
     Notes
     -----
@@ -88,9 +99,36 @@ class BatchNorm:
     eps: float = 1e-5
     ddof: int = 0
     decay: float = 0.9
+    center: bool = True
+    scale: bool = True
+    track_running_stats: bool = True
 
     def __post_init__(self):
         normalize_bn_fields(self)
+        for name in ("center", "scale", "track_running_stats"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False; got {value!r}")
+            object.__setattr__(self, name, bool(value))
+
+    def _param_keys(self):
+        return tuple(k for k, on in (("gamma", self.scale), ("beta", self.center)) if on)
+
+    def _affine(self, params, x):
+        """γ and β, with the fixed 1 and 0 of a switched-off parameter."""
+        xp = get_namespace(x)
+        p = x.shape[1] if getattr(x, "ndim", 0) == 2 else None
+        gamma = params["gamma"] if self.scale else xp.ones(p, dtype=_float_dtype(x, xp))
+        beta = params["beta"] if self.center else xp.zeros(p, dtype=_float_dtype(x, xp))
+        return gamma, beta
+
+    def _grads(self, dgamma, dbeta):
+        out = {}
+        if self.scale:
+            out["gamma"] = dgamma
+        if self.center:
+            out["beta"] = dbeta
+        return out
 
     def init(self, rng, in_features):
         """Initial parameters and state.
@@ -113,8 +151,11 @@ class BatchNorm:
         """
         check_generator(rng)
         p = positive_int(in_features, "in_features")
-        params = {"gamma": np.ones(p), "beta": np.zeros(p)}
+        params = {k: v for k, v in (("gamma", np.ones(p)), ("beta", np.zeros(p)))
+                  if k in self._param_keys()}
         state = {"mean": np.zeros(p), "var": np.ones(p), "count": np.asarray(0, dtype=np.int64)}
+        if not self.track_running_stats:
+            state = {}
         return p, params, state
 
     def forward(self, params, state, x, *, training: bool, sample_weight=None):
@@ -143,32 +184,39 @@ class BatchNorm:
             is not modified); ``state`` itself in inference mode.
         cache : BatchNormCache or BatchNormInferenceCache
         """
-        check_keys(params, ("gamma", "beta"), self)
-        if not training:
+        check_keys(params, self._param_keys(), self)
+        gamma, beta = self._affine(params, x)
+        if not training and self.track_running_stats:
             check_keys(state, ("mean", "var"), self, "state", optional=("count",))
             if x.shape[0] == 0 and active_reducer() is not None:
                 # An empty shard of a batch spread over processes: the public op
                 # refuses 0 rows, but this rank still takes part in the step.
                 xp = get_namespace(x)
                 x = as_float(x, "x", xp)
-                scale = xp.asarray(params["gamma"] / np.sqrt(state["var"] + self.eps), dtype=x.dtype)
+                scale = xp.asarray(np.asarray(gamma) / np.sqrt(np.asarray(state["var"]) + self.eps),
+                                   dtype=x.dtype)
                 return x, state, BatchNormInferenceCache(x_hat=x, scale=scale)
             y, cache = ops.batchnorm_inference_forward(
-                x, params["gamma"], params["beta"], state["mean"], state["var"], eps=self.eps
+                x, gamma, beta, state["mean"], state["var"], eps=self.eps
             )
             return y, state, cache
         reducer = active_reducer()
         if reducer is not None:   # rows on several processes: the whole batch's statistics
             if sample_weight is not None:
                 raise ValueError("sample_weight cannot be combined with a distributed reducer")
+            if not (self.center and self.scale and self.track_running_stats):
+                raise ValueError("a distributed reducer needs BatchNorm(center=True, scale=True, "
+                                 "track_running_stats=True)")
             from ._sync import sync_batchnorm_forward
             y, cache = sync_batchnorm_forward(x, params["gamma"], params["beta"], eps=self.eps,
                                               ddof=self.ddof, reducer=reducer)
             return y, self._updated_state(state, cache.mean, cache.var), cache
         weights = {} if sample_weight is None else {"weights": sample_weight}
         y, cache = ops.batchnorm_forward(
-            x, params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof, **weights
+            x, gamma, beta, eps=self.eps, ddof=self.ddof, **weights
         )
+        if not training:                # track_running_stats=False: batch statistics
+            return y, state, cache
         return y, self._updated_state(state, cache.mean, cache.var), cache
 
     def backward(self, dy, cache):
@@ -196,7 +244,7 @@ class BatchNorm:
             dx, dgamma, dbeta = ops.batchnorm_backward(dy, cache)
         else:
             dx, dgamma, dbeta = ops.batchnorm_inference_backward(dy, cache)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+        return dx, self._grads(dgamma, dbeta)
 
     def population_state(self, params, state, xs):
         """Set the stored statistics to the exact statistics of all rows of ``xs``.
@@ -224,29 +272,44 @@ class BatchNorm:
         new_state : dict
             ``state`` with ``mean`` and ``var`` replaced; ``count`` is kept.
         """
-        check_keys(params, ("gamma", "beta"), self)
+        check_keys(params, self._param_keys(), self)
         xs = list(xs)
+        if not self.track_running_stats:
+            return self._population_without_state(params, state, xs)
         reducer = active_reducer()
         if reducer is not None:   # rows on several processes
             from ._sync import sync_population_moments
             return sync_population_moments(self, params, state, xs, reducer)
         if len(xs) == 1:
+            gamma, beta = self._affine(params, xs[0])
             y, cache = ops.batchnorm_forward(
-                xs[0], params["gamma"], params["beta"], eps=self.eps, ddof=self.ddof
+                xs[0], gamma, beta, eps=self.eps, ddof=self.ddof
             )
             return [y], {**state, "mean": cache.mean, "var": cache.var}
         mean, var = self._merged_moments(xs)
         new_state = {**state, "mean": mean, "var": var}
+        gamma, beta = self._affine(params, xs[0])
         ys = [
             ops.batchnorm_inference_forward(
-                xi, params["gamma"], params["beta"], mean, var, eps=self.eps
+                xi, gamma, beta, mean, var, eps=self.eps
             )[0] if xi.shape[0] else xi   # an empty chunk stays empty (the op refuses 0 rows)
             for xi in xs
         ]
         return ys, new_state
 
+    def _population_without_state(self, params, state, xs):
+        """track_running_stats=False: the training-mode output on all rows; no state."""
+        xp = get_namespace(xs[0])
+        full = xs[0] if len(xs) == 1 else xp.concat(xs, axis=0)
+        gamma, beta = self._affine(params, full)
+        y, _ = ops.batchnorm_forward(full, gamma, beta, eps=self.eps, ddof=self.ddof)
+        bounds = np.cumsum([0] + [int(x.shape[0]) for x in xs])
+        return [y[bounds[i]:bounds[i + 1]] for i in range(len(xs))], state
+
     # ------------------------------------------------------------------ helpers
     def _updated_state(self, state, batch_mean, batch_var):
+        if not self.track_running_stats:
+            return state
         check_keys(state, ("mean", "var"), self, "state", optional=("count",))
         if "count" in state:
             count = int(state["count"])
@@ -280,3 +343,8 @@ class BatchNorm:
         if not (bool(xp.all(xp.isfinite(mean))) and bool(xp.all(xp.isfinite(var)))):
             raise ValueError("Input x contains NaN or infinity.")
         return xp.astype(mean, dtype), xp.astype(var, dtype)
+
+
+def _float_dtype(x, xp):
+    dtype = x.dtype
+    return dtype if dtype in (xp.float32, xp.float64) else xp.float64

@@ -13,6 +13,14 @@ from .batchnorm import *  # noqa: F401,F403
 from .batchnorm import __all__ as _bn_all
 from .batchnorm_double import *  # noqa: F401,F403
 from .batchnorm_double import __all__ as _bnd_all
+from .batchnorm_inference_stats import *  # noqa: F401,F403
+from .batchnorm_inference_stats import __all__ as _bnis_all
+from .group_batchnorm_double import *  # noqa: F401,F403
+from .group_batchnorm_double import __all__ as _gbnd_all
+from .layernorm import *  # noqa: F401,F403
+from .layernorm import __all__ as _ln_all
+from .batch_renorm import *  # noqa: F401,F403
+from .batch_renorm import __all__ as _brn_all
 from .batchnorm_weighted import *  # noqa: F401,F403
 from .batchnorm_weighted import __all__ as _bnw_all
 from .double_backward import *  # noqa: F401,F403
@@ -33,4 +41,5 @@ from .within import __all__ as _within_all
 __all__ = [
     *_dense_all, *_bn_all, *_bni_all, *_act_all, *_loss_all,
     *_gbn_all, *_gbni_all, *_within_all, *_bnd_all, *_dbl_all, *_bnw_all,
+    *_bnis_all, *_ln_all, *_brn_all, *_gbnd_all,
 ]

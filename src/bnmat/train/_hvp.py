@@ -39,16 +39,17 @@ _ACTIVATION_NAMES = {ReLU: "relu", LeakyReLU: "leaky_relu", Tanh: "tanh", Sigmoi
 _HVP_LOSSES = ("sse", "mse", "softmax_cross_entropy")
 
 
-def _leaf_layers(net, params, v, path=()):
-    """Flatten nested Sequentials into ``(layer, params, v, path)`` in forward order."""
+def _leaf_layers(net, params, v, path=(), state=None):
+    """Flatten nested Sequentials into ``(layer, params, v, path, state)`` in forward order."""
     if isinstance(net, Sequential):
         if not isinstance(params, (list, tuple)) or len(params) != len(net.layers):
             raise ValueError(f"params must be a list with one entry per layer ({len(net.layers)})")
         if not isinstance(v, (list, tuple)) or len(v) != len(net.layers):
             raise ValueError("v must have the structure of params (one entry per layer)")
+        states = state if isinstance(state, (list, tuple)) else [None] * len(net.layers)
         out = []
-        for i, (layer, p, vi) in enumerate(zip(net.layers, params, v)):
-            out += _leaf_layers(layer, p, vi, path + (i,))
+        for i, (layer, p, vi, si) in enumerate(zip(net.layers, params, v, states)):
+            out += _leaf_layers(layer, p, vi, path + (i,), si)
         return out
     supported = (Dense, BatchNorm, *_ACTIVATION_NAMES, *_extra_layers())
     if not isinstance(net, supported):
@@ -58,7 +59,7 @@ def _leaf_layers(net, params, v, path=()):
         )
     if set(v) != set(params):
         raise ValueError(f"v at layer {path} must have the keys {sorted(params)}; got {sorted(v)}")
-    return [(net, params, v, path)]
+    return [(net, params, v, path, {} if state is None else state)]
 
 
 def _extra_layers():
@@ -67,16 +68,13 @@ def _extra_layers():
 
 def _norm_family():
     """Layers whose op modules provide forward/backward/double backward (issue 12)."""
-    out = {}
-    try:
-        from ..layers.layernorm import LayerNorm
-        out[LayerNorm] = "layernorm"
-    except ImportError:  # pragma: no cover - during partial merges
-        pass
-    return out
+    from ..layers.batch_renorm import BatchRenorm
+    from ..layers.layernorm import LayerNorm
+
+    return {LayerNorm: "layernorm", BatchRenorm: "batch_renorm"}
 
 
-def _forward(layer, p, x, w=None):
+def _forward(layer, p, x, w=None, s=None):
     if isinstance(layer, Dense):
         return ops.dense_forward(x, p["w"], p.get("b"))
     if isinstance(layer, BatchNorm):
@@ -86,7 +84,8 @@ def _forward(layer, p, x, w=None):
         if name == "leaky_relu":
             return ops.leaky_relu_forward(x, layer.negative_slope)
         return ops.ACTIVATIONS[name][0](x)
-    return layer.forward(p, {}, x, training=True)[::2]
+    y, _, cache = layer.forward(p, {} if s is None else s, x, training=True)
+    return y, cache
 
 
 def _batchnorm_forward(layer, p, x, w=None):
@@ -188,7 +187,7 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
     l2 = check_l2(l2)
     if not isinstance(loss, str) or loss not in _HVP_LOSSES:
         raise ValueError(f"hvp supports the losses {_HVP_LOSSES}; got {loss!r}")
-    leaves = _leaf_layers(net, params, v)
+    leaves = _leaf_layers(net, params, v, state=state)
     wx = None
     loss_fwd, loss_bwd = ops.LOSSES[loss]
     if sample_weight is not None:
@@ -198,8 +197,11 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
         loss_fwd, loss_bwd = weighted_loss_pair(loss, sample_weight)
     # forward (training mode, batch statistics)
     caches, h = [], x
-    for layer, p, _, _ in leaves:
-        h, cache = _forward(layer, p, h, wx)
+    for layer, p, _, _, s in leaves:
+        if wx is not None and not isinstance(layer, (Dense, BatchNorm, *_ACTIVATION_NAMES)):
+            raise TypeError(f"hvp with sample weights supports Dense, BatchNorm and "
+                            f"activation layers; got {type(layer).__name__}")
+        h, cache = _forward(layer, p, h, wx, s)
         caches.append(cache)
     target = _match_target(h, y, loss)
     value, loss_cache = loss_fwd(h, target)
@@ -207,12 +209,12 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
     dys, grads = [None] * len(leaves), [None] * len(leaves)
     g = loss_bwd(1.0, loss_cache)
     for i in range(len(leaves) - 1, -1, -1):
-        layer, p, _, _ = leaves[i]
+        layer, p = leaves[i][:2]
         dys[i] = g
         g, grads[i] = _backward(layer, g, caches[i], p)
     # sweep 1: double backward, in the order the backward ran
     c, xbars, thetabars = None, [None] * len(leaves), [None] * len(leaves)
-    for i, (layer, p, vi, _) in enumerate(leaves):
+    for i, (layer, p, vi, _, _) in enumerate(leaves):
         c, xbars[i], thetabars[i] = _double_backward(layer, c, vi, dys[i], caches[i], p)
     # the loss's double backward, then sweep 2: an ordinary backward of a_L
     if wx is None:
@@ -223,7 +225,7 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
                                      inner).dy_pred
     hv = [None] * len(leaves)
     for i in range(len(leaves) - 1, -1, -1):
-        layer, p, vi, _ = leaves[i]
+        layer, p, vi = leaves[i][:3]
         a, da = _backward(layer, a, caches[i], p)
         hv[i] = {k: da[k] + thetabars[i][k] for k in p}
         if l2 and "w" in p and isinstance(layer, Dense):
@@ -231,7 +233,7 @@ def value_grad_hvp(net, params, state, x, y, v, *, loss="sse", l2: float = 0.0,
         a = a + xbars[i]
     value = float(value)
     if l2:
-        for i, (layer, p, _, _) in enumerate(leaves):
+        for i, (layer, p) in enumerate(leaf[:2] for leaf in leaves):
             if isinstance(layer, Dense):
                 xp = get_namespace(p["w"])
                 value += 0.5 * l2 * float(xp.sum(p["w"] * p["w"]))
@@ -243,7 +245,7 @@ def _restore(net, leaves, values):
     if not isinstance(net, Sequential):
         return values[0]
     tree = _empty_like(net)
-    for (_, _, _, path), val in zip(leaves, values):
+    for (_, _, _, path, _), val in zip(leaves, values):
         _set(tree, path, val)
     return tree
 
@@ -265,7 +267,8 @@ def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0,
     params : list
         From ``net.init``.
     state : list
-        Unused by the training-mode loss (kept for the common signature).
+        Read only by layers whose training output depends on stored
+        statistics (:class:`~bnmat.layers.BatchRenorm`: r and d, held constant).
     x : array, shape (N, p)
     y : array, shape (N,) or (N, k)
     v : list
@@ -294,7 +297,6 @@ def hvp(net, params, state, x, y, v, *, loss: str = "sse", l2: float = 0.0,
     >>> [sorted(h) for h in hv]
     [['w'], ['beta', 'gamma'], [], ['b', 'w']]
     """
-    del state
-    return value_grad_hvp(net, params, None, x, y, v, loss=loss, l2=l2,
+    return value_grad_hvp(net, params, state, x, y, v, loss=loss, l2=l2,
                           sample_weight=sample_weight)[2]
 

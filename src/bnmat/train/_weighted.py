@@ -41,7 +41,8 @@ def check_sample_weight(sample_weight, n_rows: int):
     if np.any(w < 0):
         raise ValueError("sample_weight must be >= 0; got a negative weight")
     if not np.sum(w) > 0:
-        raise ValueError("sample_weight sums to 0: no row would count")
+        raise ValueError("sample_weight is zero everywhere (the weights sum to zero): no row "
+                         "would count")
     return w
 
 
@@ -90,6 +91,10 @@ def _leaves(net, params, state, path=()):
         raise TypeError("sample weights are not supported with GroupBatchNorm")
     if hasattr(net, "_modules") and not isinstance(net, Sequential):
         raise TypeError(f"sample weights support Sequential networks; got {type(net).__name__}")
+    if hasattr(net, "population_state") and not isinstance(net, BatchNorm):
+        # its training output depends on the batch, and it has no weighted statistics
+        raise TypeError(f"sample weights are not supported with {type(net).__name__} (its "
+                        "batch statistics would ignore the weights); use BatchNorm")
     return [(net, params, state, path)]
 
 
@@ -119,8 +124,8 @@ def weighted_forward(net, params, state, x, w, *, training: bool):
     leaves = _leaves(net, params, state)
     h, new_states, caches = x, [], []
     for layer, p, s, _ in leaves:
-        if training and isinstance(layer, BatchNorm):
-            h, s_new, cache = layer.forward(p, s, h, training=True, sample_weight=w)
+        if isinstance(layer, BatchNorm):   # inference ignores w unless batch statistics
+            h, s_new, cache = layer.forward(p, s, h, training=training, sample_weight=w)
         else:
             h, s_new, cache = layer.forward(p, s, h, training=training)
         new_states.append(s_new)
