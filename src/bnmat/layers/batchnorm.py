@@ -221,7 +221,7 @@ class BatchNorm:
         if "count" in state:
             count = int(state["count"])
             w = min(self.decay, count / (count + 1.0))
-            extra = {"count": np.asarray(count + 1, dtype=np.int64)}
+            extra = {"count": _count_like(count + 1, batch_mean)}
         else:                   # a state built by hand without a count: plain EMA
             w, extra = self.decay, {}
         if w == 0.0:
@@ -250,3 +250,13 @@ class BatchNorm:
         if not (bool(xp.all(xp.isfinite(mean))) and bool(xp.all(xp.isfinite(var)))):
             raise ValueError("Input x contains NaN or infinity.")
         return xp.astype(mean, dtype), xp.astype(var, dtype)
+
+
+def _count_like(count: int, like):
+    """The step count as a 0-d int64 array of ``like``'s library and device."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(count, dtype=np.int64)
+    import array_api_compat
+
+    xp = get_namespace(like)
+    return xp.asarray(count, dtype=xp.int64, device=array_api_compat.device(like))
