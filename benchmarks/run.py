@@ -23,6 +23,15 @@ GLIBC_TUNABLES removed from its environment):
         torch eager (with and without the biases in front of batch norm) and JAX
   mem   transient peak memory per call (VmHWM after a warm-up, one subprocess
         per variant and case)
+  job   the users' real job: 50 epochs of Adam, batch 200, 10→64→BN→ReLU→64→BN→
+        ReLU→1, float64, on 3,488 rows of the bundled wage panel: bnmat.fit
+        (kernels; NumPy formulas; the general value_and_grad step) against torch
+        eager and scikit-learn's MLPRegressor (no batch norm), each run in its
+        own process, rounds alternating the order; reported as medians and as
+        same-round ratios
+  cold  ``bnmat fit`` (the command line, defaults, wage panel) as a fresh
+        install runs it (an empty numba cache: the kernels compile in the
+        background) against the warm run after the compile finished
 
 Configurations (``--configs``): ``default`` is everything as installed; ``thp``
 sets ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (torch's allocator then gets
@@ -234,7 +243,121 @@ def worker_mem(args):
                 unit_bytes=unit, hwm_reset=reset)
 
 
-WORKERS = {"bw": worker_bw, "bn": worker_bn, "mlp": worker_mlp, "mem": worker_mem}
+JOB_VARIANTS = ["bnmat", "bnmat_numpy", "bnmat_general", "torch_eager", "sklearn"]
+
+
+def _job_data():
+    import numpy as np
+
+    from bnmat.layers._mlp import fit_scaling
+    from bnmat.datasets import load_wage_panel
+
+    panel = load_wage_panel()
+    x, y = panel.data, panel.target[:, None]
+    tr = np.random.default_rng(0).permutation(len(x))[:3488]
+    return fit_scaling(x[tr]).apply(x[tr]), fit_scaling(y[tr]).apply(y[tr])
+
+
+def _job_runner(variant, x, y):
+    """A function that runs the whole job once and returns its final training loss."""
+    if variant.startswith("bnmat"):
+        from bnmat import optim, train
+        from bnmat.layers._mlp import build_mlp
+
+        def run():
+            net = build_mlp((64, 64), "relu", 1)
+            params, state = net.init(x, seed=0)
+            result = train.fit(net, params, state, x, y, loss="mse",
+                               optimizer=optim.adam(1e-3), epochs=50, batch_size=200,
+                               l2=2e-4 / len(x), seed=0, progress=False)
+            return result.history["loss"][-1]
+        return run
+    if variant == "torch_eager":
+        import torch
+
+        xt, yt = torch.tensor(x), torch.tensor(y)
+
+        def run():
+            torch.manual_seed(0)
+            nn = torch.nn
+            net = nn.Sequential(nn.Linear(10, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+                                nn.Linear(64, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+                                nn.Linear(64, 1)).double()
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            gen = torch.Generator().manual_seed(0)
+            n = xt.shape[0]
+            for _ in range(50):
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for i in range(0, n, 200):
+                    b = perm[i:i + 200]
+                    opt.zero_grad()
+                    loss = torch.mean((net(xt[b]) - yt[b]) ** 2)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(b)
+            return total / n
+        return run
+    if variant == "sklearn":
+        import warnings
+
+        from sklearn.neural_network import MLPRegressor
+
+        def run():
+            model = MLPRegressor(hidden_layer_sizes=(64, 64), solver="adam", batch_size=200,
+                                 max_iter=50, tol=0.0, n_iter_no_change=10_000, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(x, y[:, 0])
+            return float(model.loss_) * 2      # scikit-learn's loss is half the MSE
+        return run
+    raise ValueError(variant)
+
+
+def worker_job(args):
+    import time as _time
+
+    x, y = _job_data()
+    run = _job_runner(args.variant, x, y)
+    loss = run()                      # warm-up: imports, kernel cache, allocator
+    walls, cpus = [], []
+    for _ in range(max(1, int(args.budget))):
+        t, c = _time.perf_counter(), _time.process_time()
+        loss = run()
+        walls.append(_time.perf_counter() - t)
+        cpus.append(_time.process_time() - c)
+    return {"variant": args.variant, "wall": walls, "cpu": cpus, "loss": loss}
+
+
+def worker_cold(args):
+    """``bnmat fit`` with an empty numba cache, then warm; whole-process wall times."""
+    import tempfile
+    import time as _time
+
+    cache = tempfile.mkdtemp(prefix="bnmat-cold-")
+    env = clean_env({"NUMBA_CACHE_DIR": cache})
+    env.pop("BNMAT_KERNELS_COMPILE", None)
+    cmd = [sys.executable, "-m", "bnmat", "fit", "--no-progress"]
+
+    def once():
+        t = _time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        return _time.perf_counter() - t, proc.returncode, proc.stderr.strip()[-400:]
+
+    cold = once()
+    waited = _time.perf_counter()
+    while not any(f.startswith("bnmat-kernels-ready") for _, _, fs in os.walk(cache)
+                  for f in fs):
+        if _time.perf_counter() - waited > 600:
+            break
+        _time.sleep(2)
+    compile_s = _time.perf_counter() - waited
+    warm = [once() for _ in range(2)]
+    return {"cold": cold, "warm": warm, "background_compile_wait_s": compile_s}
+
+
+WORKERS = {"bw": worker_bw, "bn": worker_bn, "mlp": worker_mlp, "mem": worker_mem,
+           "job": worker_job, "cold": worker_cold}
 
 
 # ============================================================================ orchestration
@@ -320,7 +443,7 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.time()
     R = {"machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-         "quick": args.quick, "bn": [], "mlp": [], "mem": []}
+         "quick": args.quick, "bn": [], "mlp": [], "mem": [], "job": []}
 
     def log(msg):
         print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)
@@ -372,6 +495,22 @@ def main(argv=None):
                 if v.startswith("jax") and not _have("jax"):
                     continue
                 record("mem", spawn(["mem", "--kind", "mlp", "--variant", v, "--N", n], mem_env))
+    if "job" in parts:
+        rounds = 2 if args.quick else 3
+        variants = [v for v in JOB_VARIANTS if v != "sklearn" or _have("sklearn")]
+        for r in range(rounds):
+            order = variants if r % 2 == 0 else variants[::-1]
+            for v in order:
+                log(f"job round {r + 1}: {v} ...")
+                env = {"BNMAT_DISABLE_KERNELS": "1"} if v == "bnmat_numpy" else {}
+                if v == "bnmat_general":
+                    env = {"BNMAT_DISABLE_FAST_STEP": "1"}
+                res = spawn(["job", "--variant", v, "--budget", 1 if args.quick else 2], env)
+                res["round"] = r
+                record("job", res)
+    if "cold" in parts:
+        log("cold start of bnmat fit (empty numba cache), then warm ...")
+        R["cold"] = spawn(["cold"], timeout=1800)
     R["total_s"] = time.time() - t_start
     with open(os.path.join(out_dir, "results.json"), "w") as fh:
         json.dump(R, fh, indent=1)
@@ -386,7 +525,63 @@ def main(argv=None):
 def render(R):
     from report import render as _render
 
-    return _render(R)
+    parts = [_render(R)]
+    if R.get("job"):
+        parts.append(render_job(R))
+    if R.get("cold"):
+        parts.append(render_cold(R["cold"]))
+    return "\n\n".join(parts)
+
+
+def _median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
+def render_job(R):
+    """The users' job: medians per variant and same-round ratios to torch and scikit-learn."""
+    rows = [r for r in R["job"] if "error" not in r]
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    best = {(r["variant"], r["round"]): min(r["wall"]) for r in rows}
+    rounds = sorted({r["round"] for r in rows})
+    out = ["### The users' job: 50 epochs, Adam, batch 200, 10→64→BN→ReLU→64→BN→ReLU→1, "
+           "float64, 3,488 rows", "",
+           "| variant | wall (median of runs) | CPU | final loss | × torch eager (per round) "
+           "| × scikit-learn (per round) |", "|---|---|---|---|---|---|"]
+    for v in JOB_VARIANTS:
+        if v not in by:
+            continue
+        walls = [w for r in by[v] for w in r["wall"]]
+        cpus = [c for r in by[v] for c in r["cpu"]]
+        ratios = {}
+        for ref in ("torch_eager", "sklearn"):
+            vals = [best[(v, k)] / best[(ref, k)] for k in rounds
+                    if (v, k) in best and (ref, k) in best]
+            ratios[ref] = (f"{min(vals):.2f}–{max(vals):.2f}" if vals else "–")
+        out.append(f"| {v} | {_median(walls):.3f} s ({min(walls):.3f}–{max(walls):.3f}) | "
+                   f"{_median(cpus):.3f} s | {by[v][-1]['loss']:.5f} | {ratios['torch_eager']} "
+                   f"| {ratios['sklearn']} |")
+    out.append("")
+    out.append(f"load average at start: {R['machine'].get('loadavg', '?')}")
+    return "\n".join(out)
+
+
+def render_cold(C):
+    if "error" in C:
+        return "### Cold start\n\nERROR " + C["error"][-400:]
+    cold = C["cold"][0]
+    warm = [w[0] for w in C["warm"]]
+    return "\n".join([
+        "### `bnmat fit` on a fresh install (empty numba cache) against warm", "",
+        "| run | wall (whole process) |", "|---|---|",
+        f"| fresh (kernels compile in the background) | {cold:.2f} s |",
+        *(f"| warm {i + 1} | {w:.2f} s |" for i, w in enumerate(warm)),
+        f"| fresh / warm | {cold / min(warm):.2f}× |", "",
+        f"background compilation finished {C['background_compile_wait_s']:.0f} s after the "
+        "fresh run ended", "", "stderr of the fresh run: `" + C["cold"][2].replace("\n", " ")
+        + "`"])
 
 
 if __name__ == "__main__":

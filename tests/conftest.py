@@ -30,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,6 +38,19 @@ import numpy as np
 import pytest
 
 from _oracles import central_difference_grad
+
+# The fused kernels are compiled (or loaded from numba's cache) in the
+# foreground, once, before the first test: the kernel tests need them in this
+# process (bnmat's default compiles missing kernels in the background and
+# keeps to the reference formulas meanwhile), and no test's captured stderr
+# gets the one-time announcement.
+os.environ.setdefault("BNMAT_KERNELS_COMPILE", "sync")
+
+
+def pytest_sessionstart(session):
+    from bnmat._kernels import _config
+
+    _config.enabled()
 
 __all__ = ["Backend", "BACKENDS", "central_difference_grad", "max_relative_error"]
 

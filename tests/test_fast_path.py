@@ -307,3 +307,119 @@ def test_sgd_update_is_the_formula(kwargs):
             np.testing.assert_array_equal(params[k][key], old)    # not written
             assert new[k][key].dtype == old.dtype
         params = new
+
+
+# ------------------------------------------------- fit's lean step (train/_fast.py)
+import importlib  # noqa: E402
+
+_fast = importlib.import_module("bnmat.train._fast")
+_fit_module = importlib.import_module("bnmat.train._fit")
+
+
+def _fit_problem(dtype=np.float64, n=530, k=1, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 10)).astype(dtype)
+    y = (x[:, :k] ** 2 + 0.1 * rng.standard_normal((n, k))).astype(dtype)
+    return x, y
+
+
+def _mlp(activation="relu", k=1, ddof=0):
+    from bnmat.layers._mlp import build_mlp
+
+    return build_mlp((64, 48), activation, k, ddof=ddof)
+
+
+def _fit_with(net, x, y, monkeypatch, *, fast: bool, kernels: bool = True, **kw):
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setenv("BNMAT_DISABLE_FAST_STEP", "1")
+        if not kernels:
+            m.setenv(_kernels.DISABLE_ENV, "1")
+        params, state = net.init(x, seed=0)
+        kw.setdefault("optimizer", bnmat.optim.adam(1e-2))
+        return bnmat.fit(net, params, state, x, y, epochs=3, batch_size=100, seed=0,
+                         progress=False, **kw)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("case", [
+    dict(loss="mse", l2=1e-3),
+    dict(loss="sse", optimizer=sgd(1e-3, momentum=0.9, nesterov=True)),
+    dict(loss="mse", activation="tanh", ddof=1),
+    dict(loss="mse", k=3, validation_fraction=0.2, early_stopping=True),
+])
+def test_fit_lean_step_matches_value_and_grad(case, kernels, monkeypatch):
+    case = dict(case)
+    activation, k, ddof = case.pop("activation", "relu"), case.pop("k", 1), case.pop("ddof", 0)
+    x, y = _fit_problem(k=k)
+    net = _mlp(activation, k, ddof)
+    calls = []
+    real = _fit_module.value_and_grad
+    monkeypatch.setattr(_fit_module, "value_and_grad", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fast = _fit_with(net, x, y, monkeypatch, fast=True, kernels=kernels, **case)
+    assert calls == []                       # every step ran on the lean path
+    ref = _fit_with(net, x, y, monkeypatch, fast=False, kernels=kernels, **case)
+    assert len(calls) > 0
+    _assert_trees_close(fast.params, ref.params, 1e-12)
+    _assert_trees_close(fast.state, ref.state, 1e-12)
+    np.testing.assert_allclose(fast.history["loss"], ref.history["loss"], rtol=1e-12)
+    assert fast.best_epoch == ref.best_epoch
+
+
+def test_fit_lean_step_float32(monkeypatch):
+    x, y = _fit_problem(np.float32)
+    net = _mlp()
+    fast = _fit_with(net, x, y, monkeypatch, fast=True, loss="mse")
+    ref = _fit_with(net, x, y, monkeypatch, fast=False, loss="mse")
+    assert all(a.dtype == np.float32 for a in bnmat.optim.tree_leaves(fast.params))
+    _assert_trees_close(fast.params, ref.params, 2e-4)
+
+
+def test_fit_lean_step_only_where_it_applies():
+    x, y = _fit_problem()
+    net = _mlp()
+    params, state = net.init(x, seed=0)
+    adam = bnmat.optim.adam(1e-3)
+    assert _fast.fast_step(net, params, state, x, y, "mse", adam, 0.0, None) is not None
+    custom = bnmat.optim.Optimizer(adam.init, lambda g, s, p: adam.update(g, s, p))
+    assert _fast.fast_step(net, params, state, x, y, "mse", custom, 0.0, None) is None
+    assert _fast.fast_step(net, params, state, x, y, "softmax_cross_entropy", adam, 0.0,
+                           None) is None
+    assert _fast.fast_step(net, params, state, x.astype(np.float32), y, "mse", adam, 0.0,
+                           None) is None
+    grouped = bnmat.Sequential([bnmat.Dense(4), bnmat.GroupBatchNorm(), bnmat.Dense(1)])
+    gp, gs = grouped.init(x, seed=0)
+    assert _fast.fast_step(grouped, gp, gs, x, y, "mse", adam, 0.0, None) is None
+
+
+def test_fit_lean_step_leaves_inputs_alone_and_hands_out_fresh_arrays(monkeypatch):
+    x, y = _fit_problem()
+    net = _mlp()
+    params, state = net.init(x, seed=0)
+    before = [np.array(a) for a in bnmat.optim.tree_leaves((params, state))]
+    x0, y0 = x.copy(), y.copy()
+    seen = []
+    result = bnmat.fit(net, params, state, x, y, epochs=3, batch_size=100, progress=False,
+                       callback=lambda epoch, logs: seen.append(
+                           [np.array(a) for a in bnmat.optim.tree_leaves(logs["params"])])
+                       and None)
+    for a, b in zip(bnmat.optim.tree_leaves((params, state)), before):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    # what the callback was handed at epoch 1 is not overwritten by later steps
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(seen[0], bnmat.optim.tree_leaves(result.params)))
+
+
+def test_fit_lean_step_divergence_is_the_same_error(monkeypatch):
+    x, y = _fit_problem()
+    net = _mlp()
+    errors = []
+    for fast in (True, False):
+        with pytest.raises(Exception) as info:
+            _fit_with(net, x, y, monkeypatch, fast=fast, optimizer=sgd(1e200))
+        errors.append((type(info.value), str(info.value), info.value.epoch))
+        finite = bnmat.optim.tree_leaves(info.value.params)
+        assert all(np.isfinite(np.asarray(a)).all() for a in finite)
+    assert errors[0] == errors[1]

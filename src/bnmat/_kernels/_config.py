@@ -28,8 +28,14 @@ MIN_ELEMENTS = int(os.environ.get(MIN_ELEMENTS_ENV, "4096"))
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
-_state = {"available": None, "forked": False, "kernels": None}
+_state = {"available": None, "forked": False, "kernels": None, "ready": None}
+
+#: environment variable: "background" (default) compiles missing kernels in a
+#: detached process while this one uses the reference formulas; "sync" compiles
+#: them in the foreground (announced on stderr, with the time it took)
+COMPILE_ENV = "BNMAT_KERNELS_COMPILE"
 _import_lock = threading.Lock()
+_ready_lock = threading.Lock()
 
 
 def _after_fork_in_child():
@@ -67,7 +73,71 @@ def enabled() -> bool:
         return False
     if _state["forked"]:
         return False
-    return available()
+    return available() and ready()
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(f"bnmat: {message}", file=sys.stderr, flush=True)
+
+
+def ready() -> bool:
+    """Whether the compiled kernels are there; decided once per process.
+
+    See :mod:`bnmat._kernels._warm`: compiled for this machine → True;
+    otherwise either compile now (``BNMAT_KERNELS_COMPILE=sync``) or start a
+    background compilation for later processes and use the reference formulas
+    in this one (the default). Either way one line on stderr says what happens.
+    """
+    if _state["ready"] is None:
+        with _ready_lock:
+            if _state["ready"] is None:
+                _state["ready"] = _decide()
+    return _state["ready"]
+
+
+def _decide() -> bool:
+    from . import _warm
+
+    marker = _warm.marker_path()
+    if marker is not None and os.path.exists(marker):
+        return True
+    mode = os.environ.get(COMPILE_ENV, "background").strip().lower()
+    if mode == "sync" or marker is None:
+        _say("compiling the fused CPU kernels for this machine (once per installation; "
+             "20-60 s) ...")
+        seconds = _warm.compile_all()
+        _warm.write_marker()
+        _say(f"kernels compiled in {seconds:.1f} s; later runs load them from numba's cache.")
+        return True
+    if not os.access(os.path.dirname(marker), os.W_OK):
+        _say("the fused CPU kernels are not compiled and numba's cache folder "
+             f"({os.path.dirname(marker)}) is not writable; using the NumPy formulas "
+             "(set NUMBA_CACHE_DIR to a writable folder to enable the kernels).")
+        return False
+    _spawn_background_compile()
+    _say("compiling the fused CPU kernels for this machine in the background (once per "
+         "installation; 20-60 s). This run uses the NumPy formulas (the same results "
+         "to rounding); later runs use the kernels.")
+    return False
+
+
+def _spawn_background_compile() -> None:
+    import subprocess
+    import sys
+
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "bnmat._kernels._warm"], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True)
+    except OSError:
+        pass
 
 
 def _plain(a) -> bool:

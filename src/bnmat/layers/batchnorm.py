@@ -314,7 +314,7 @@ class BatchNorm:
         if "count" in state:
             count = int(state["count"])
             w = min(self.decay, count / (count + 1.0))
-            extra = {"count": np.asarray(count + 1, dtype=np.int64)}
+            extra = {"count": _count_like(count + 1, batch_mean)}
         else:                   # a state built by hand without a count: plain EMA
             w, extra = self.decay, {}
         if w == 0.0:
@@ -348,3 +348,13 @@ class BatchNorm:
 def _float_dtype(x, xp):
     dtype = x.dtype
     return dtype if dtype in (xp.float32, xp.float64) else xp.float64
+
+
+def _count_like(count: int, like):
+    """The step count as a 0-d int64 array of ``like``'s library and device."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(count, dtype=np.int64)
+    import array_api_compat
+
+    xp = get_namespace(like)
+    return xp.asarray(count, dtype=xp.int64, device=array_api_compat.device(like))

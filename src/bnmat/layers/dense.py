@@ -203,7 +203,9 @@ def _numpy_backward(dy, cache, need_dx):
     elif w.shape[1] == 1:
         dx = dy * w[:, 0]            # (N, 1) ∘ (p_in,) → (N, p_in)
     else:
-        dx = dy @ w.T
+        # W's transpose in C order: OpenBLAS's threaded path for a transposed
+        # operand can take 10× as long at small sizes (docs/performance.md).
+        dx = dy @ np.ascontiguousarray(w.T)
     dw = x.T @ dy
     db = dy.sum(axis=0) if has_bias else None
     return DenseGrads(dx, dw, db)

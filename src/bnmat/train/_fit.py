@@ -15,6 +15,7 @@ from ..layers._tree import tree_leaves
 from ..ops.group_batchnorm_inference import UnseenGroupWarning
 from ..optim import Optimizer, adam
 from ._data import check_batch_size, check_xy, row_chunks, take_rows
+from ._fast import fast_step
 from ._grad import check_l2, resolve_loss, loss_value, value_and_grad
 from ._groups import as_factors, for_loss, group_batches, group_holdout, take_factors
 from ._statistics import population_statistics
@@ -345,7 +346,14 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     has_val = x_val is not None
 
     n = x.shape[0]
-    opt_state = optimizer.init(params)
+    # x, y and the network were checked above, once: plain NumPy networks then
+    # train on the lean step (train/_fast.py), which hands any unusual batch
+    # back to value_and_grad.
+    fast = (None if sw is not None    # weighted batches take value_and_grad
+            else fast_step(net, params, state, x, y, loss, optimizer, l2, factors))
+    opt_state = optimizer.init(params) if fast is None else fast.init_optimizer(params)
+    if fast is not None:
+        params = fast.tree
     history = {"epoch": [], "loss": [], "val_loss": []}
     best, best_epoch, best_params, best_state = math.inf, 0, params, state
     wait, stopped_early = 0, False
@@ -365,19 +373,35 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                 total, rows = 0.0, 0
                 for idx in batches:
                     xb, yb = take_rows(x, idx), take_rows(y, idx)
-                    try:
-                        value, grads, new_state = value_and_grad(
-                            net, params, state, xb, yb, loss, l2=l2,
-                            groups=take_factors(factors, idx),
-                            sample_weight=None if sw is None else take_rows(sw, idx))
-                    except ValueError as exc:
-                        if is_nonfinite_error(exc):
-                            raise divergence_error(epoch, params, state, history, exc) from exc
-                        raise
-                    new_params, opt_state = optimizer.update(grads, opt_state, params)
-                    if not (math.isfinite(value) and _all_finite(new_params)):
+                    value = None
+                    if fast is not None:
+                        value, new_params, new_state, new_opt = fast.step(
+                            xb, yb, params, state, opt_state)
+                    if value is None:
+                        try:
+                            value, grads, new_state = value_and_grad(
+                                net, params, state, xb, yb, loss, l2=l2,
+                                groups=take_factors(factors, idx),
+                                sample_weight=None if sw is None else take_rows(sw, idx))
+                        except ValueError as exc:
+                            if is_nonfinite_error(exc):
+                                raise divergence_error(epoch, params, state, history,
+                                                       exc) from exc
+                            raise
+                        if fast is not None:
+                            fast.grads_from_tree(grads)
+                            grads = fast.grad
+                            params = fast.theta
+                        new_params, new_opt = optimizer.update(grads, opt_state, params)
+                        if fast is not None:
+                            params = fast.tree
+                            fast.theta, fast.tree = new_params, fast.unflatten(new_params)
+                            new_params = fast.tree
+                    finite = fast.finite() if fast is not None else _all_finite(new_params)
+                    if not (math.isfinite(value) and finite):
                         raise divergence_error(epoch, params, state, history)
                     previous = (params, state)
+                    opt_state = new_opt
                     params, state = new_params, new_state
                     m = xb.shape[0]
                     total, rows = total + value * m, rows + m
