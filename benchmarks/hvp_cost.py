@@ -20,7 +20,7 @@ CHILD = r"""
 import sys, time
 import numpy as np
 import bnmat
-from bnmat.layers._tree import tree_map
+from bnmat._tree import tree_map
 rows, repeat, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(rows, 64)), rng.normal(size=rows)

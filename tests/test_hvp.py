@@ -8,7 +8,7 @@ import pytest
 
 import bnmat
 from bnmat import ops
-from bnmat.layers._tree import tree_leaves, tree_map
+from bnmat._tree import tree_leaves, tree_map
 
 torch = pytest.importorskip("torch")
 

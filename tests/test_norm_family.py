@@ -174,7 +174,7 @@ def test_batch_renorm_limits_are_checked(rng):
 
 
 # ------------------------------------------------------------------ layers, switches, HVP
-from bnmat.layers._tree import tree_leaves, tree_map  # noqa: E402
+from bnmat._tree import tree_leaves, tree_map  # noqa: E402
 
 
 def _torch_net_grad_and_hvp(forward, params, v, x, y):

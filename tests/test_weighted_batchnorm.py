@@ -174,7 +174,7 @@ def test_backward_jacobians_against_finite_differences_and_double_backward(
 import warnings  # noqa: E402
 
 import bnmat  # noqa: E402
-from bnmat.layers._tree import tree_leaves  # noqa: E402
+from bnmat._tree import tree_leaves  # noqa: E402
 
 
 def _net():

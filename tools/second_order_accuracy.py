@@ -28,7 +28,7 @@ from _oracles import central_difference_grad as fd  # noqa: E402
 
 import bnmat  # noqa: E402
 from bnmat import jacobians, ops  # noqa: E402
-from bnmat.layers._tree import tree_leaves, tree_map  # noqa: E402
+from bnmat._tree import tree_leaves, tree_map  # noqa: E402
 
 
 def rel(ours, oracle):

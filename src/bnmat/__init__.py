@@ -19,7 +19,7 @@ from importlib import import_module
 
 from . import ops
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> submodule that defines it
 _LAZY = {

@@ -228,7 +228,7 @@ def save(path, net, params, state, *, metadata: dict | None = None) -> Path:
 
 
 def _bnmat_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import numpy as np
 
-from .layers._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
+from ._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 
 __all__ = [
     "Optimizer",

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bnmat",
         description="Batch-normalized neural networks with backpropagation in closed matrix form.",
     )
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"bnmat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

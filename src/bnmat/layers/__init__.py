@@ -21,7 +21,7 @@ saved with :func:`bnmat.io.save`.
 """
 
 from ._registry import layer_class, layer_name, register_layer, registered_layers
-from ._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
+from .._tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .batchnorm import BatchNorm
 from .batch_renorm import BatchRenorm

@@ -6,6 +6,14 @@ import math
 
 import numpy as np
 
+#: The error of a GroupBatchNorm in training mode without labels (the layer's and
+#: the synchronized path's).
+NO_GROUP_LABELS = (
+    "GroupBatchNorm needs the group label of every row in training: pass groups= to "
+    "forward, predict, bnmat.value_and_grad, bnmat.fit, bnmat.fit_lbfgs or "
+    "bnmat.population_statistics (or use GroupBatchNorm(ghost=k) for ghost batches)"
+)
+
 
 def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

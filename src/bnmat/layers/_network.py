@@ -15,7 +15,7 @@ import array_api_compat
 
 from .._array_api import as_float, check_2d, get_namespace, is_numpy, to_numpy
 from ._checks import positive_int
-from ._tree import cast_floating, tree_map
+from .._tree import cast_floating, tree_map
 
 __all__ = ["Network", "population_forward", "check_module", "is_sparse", "uses_groups",
            "group_kwargs"]

@@ -336,8 +336,8 @@ def sync_group_population(layer, params, state, xs, groups, reducer):
     exc = y = cache = None
     if x.shape[0]:
         if groups is None:
-            from .group_batchnorm import _NO_LABELS
-            exc = ValueError(_NO_LABELS)
+            from ._checks import NO_GROUP_LABELS
+            exc = ValueError(NO_GROUP_LABELS)
         else:
             labels = groups[0] if len(groups) == 1 else np.concatenate(
                 [np.asarray(g) for g in groups])

@@ -61,7 +61,7 @@ class ReLU(_Activation):
         Also accepts the cache of a ReLU that a :class:`Sequential` fused into
         the batch norm before it (the mask is then recomputed from that cache).
         """
-        from ._fused import FusedReLUCache, relu_backward_from_batchnorm
+        from ._fused_relu import FusedReLUCache, relu_backward_from_batchnorm
 
         if isinstance(cache, FusedReLUCache):
             return relu_backward_from_batchnorm(dy, cache), {}

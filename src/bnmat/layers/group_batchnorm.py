@@ -63,6 +63,7 @@ from ..ops.group_batchnorm_inference import GroupBatchNormInferenceCache, GroupS
 from .._segments import GroupIndex, ghost_batch_labels, group_index
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
+from ._checks import NO_GROUP_LABELS as _NO_LABELS
 from ._sync import EmptyGroupCache, active_reducer
 
 __all__ = ["GroupBatchNorm"]
@@ -365,13 +366,6 @@ class GroupBatchNorm:
         count[at_new] += 1
         new_state.update(labels=labels, mean=mean, var=var, count=count)
         return new_state
-
-
-_NO_LABELS = (
-    "GroupBatchNorm needs the group label of every row in training: pass groups= to "
-    "forward, predict, bnmat.value_and_grad, bnmat.fit, bnmat.fit_lbfgs or "
-    "bnmat.population_statistics (or use GroupBatchNorm(ghost=k) for ghost batches)"
-)
 
 
 def _integer_index(groups, n) -> GroupIndex:

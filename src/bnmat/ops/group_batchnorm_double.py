@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..panel import segment_sum
+from .._segments import segment_sum
 from .batchnorm_double import BatchNormDoubleGrads
 from .group_batchnorm import GroupBatchNormCache, _numpy_float
 

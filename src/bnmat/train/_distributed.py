@@ -31,7 +31,7 @@ import numpy as np
 from .._array_api import as_float, check_2d, check_finite, get_namespace, to_numpy
 from ..layers._network import population_forward, uses_groups
 from ..layers._sync import synchronized
-from ..layers._tree import tree_leaves, tree_unflatten
+from .._tree import tree_leaves, tree_unflatten
 from .. import ops
 from ._data import check_xy, row_chunks, take_rows
 from ._groups import as_factors, group_batches, take_factors

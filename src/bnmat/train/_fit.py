@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._array_api import get_namespace
-from ..layers._tree import tree_leaves
+from .._tree import tree_leaves
 from ..ops.group_batchnorm_inference import UnseenGroupWarning
 from ..optim import Optimizer, adam
 from ._data import check_batch_size, check_xy, row_chunks, take_rows

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .._array_api import get_namespace, is_numpy, to_numpy
-from ..layers._tree import tree_leaves, tree_unflatten
+from .._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
 from ._fit import FitResult, divergence_error, is_nonfinite_error, positive_int
 from ._grad import check_l2
