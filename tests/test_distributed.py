@@ -51,8 +51,9 @@ def mpiexec() -> str:
     return found
 
 
-def launch(k: int, out: Path, cases, reducer: str = "mpi") -> None:
+def launch(k: int, out: Path, cases, reducer: str = "mpi", extra_env=None) -> None:
     env = dict(os.environ)
+    env.update(extra_env or {})
     src = str(Path(bnmat.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -68,11 +69,15 @@ def launch(k: int, out: Path, cases, reducer: str = "mpi") -> None:
                     f"{proc.stderr[-4000:]}")
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks-empty-shard"])
+@pytest.fixture(scope="module", params=[(2, "0"), (3, "0"), (2, None)],
+                ids=["2ranks-kernels", "3ranks-empty-shard-kernels", "2ranks-reference"])
 def runs(request, tmp_path_factory):
-    k = request.param
+    """Run every case; with "0", every array takes the numba pieces (BNMAT_KERNELS_MIN_ELEMENTS=0)."""
+    k, min_elements = request.param
     out = tmp_path_factory.mktemp(f"mpi{k}")
-    launch(k, out, CASES)
+    env = {"BNMAT_DISABLE_KERNELS": "1"} if min_elements is None else {
+        "BNMAT_KERNELS_MIN_ELEMENTS": min_elements}
+    launch(k, out, CASES, extra_env=env)
 
     def load(case):
         return [dict(np.load(out / f"{case}-rank{r}.npz")) for r in range(k)]
@@ -234,6 +239,35 @@ def test_torch_distributed_reducer_gloo(tmp_path, whole):
 
 
 # ------------------------------------------------------------------ in one process
+class Loopback(SingleProcessReducer):
+    """One process posing as one of two ranks whose other rank holds no rows."""
+
+    size = 2
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+def test_synchronized_path_in_one_process_equals_the_ordinary_path(monkeypatch, kernels):
+    """The synchronized batch norm (numba pieces or NumPy) on all rows equals the plain step."""
+    if not kernels:
+        monkeypatch.setenv("BNMAT_DISABLE_KERNELS", "1")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 3)) * [1.0, 4.0, 0.1] + [0.0, 50.0, -3.0]
+    y = rng.normal(size=2000)
+    net = bn_net()
+    params, state = net.init(x, seed=3)
+    red = Loopback()
+    for loss in ("sse", "mse"):
+        a = bnmat.value_and_grad(net, params, state, x, y, loss)
+        b = bnmat.value_and_grad(net, params, state, x, y, loss, reducer=red)
+        assert rel(b[0], a[0]) <= RTOL
+        assert rel(flat(b[1]), flat(a[1])) <= RTOL
+        assert rel(flat(b[2]), flat(a[2])) <= RTOL
+    assert red.stats.calls > 0
+    pop_a = bnmat.population_statistics(net, params, state, x, batch_size=700)
+    pop_b = bnmat.population_statistics(net, params, state, x, batch_size=700, reducer=red)
+    assert rel(flat(pop_b), flat(pop_a)) <= RTOL
+
+
 def test_single_process_reducer_is_the_ordinary_path(whole):
     x, y, _, net, params, state = whole
     red = SingleProcessReducer()

@@ -87,6 +87,21 @@ class SyncBatchNormCache(NamedTuple):
     ddof: int
     n_total: int     # N, rows on all ranks
     reducer: Any
+    x: Any = None    # (N_r, p)  the input, kept instead of Ẑ_r (x_hat None) on the kernel path
+
+
+def _kernel_ready(x) -> bool:
+    """The numba pieces take x: a plain float NumPy array large enough (see bnmat._kernels)."""
+    from .. import _kernels
+
+    return (type(x) is np.ndarray and x.dtype in (np.float32, np.float64)
+            and x.shape[0] > 0 and _kernels.wants(x))
+
+
+def _sync_kernels():
+    from .._kernels import _sync_bn
+
+    return _sync_bn
 
 
 def _as_matrix(x):
@@ -121,7 +136,9 @@ def sync_moments(reducer, xs, ddof: int):
     n_local = sum(int(x.shape[0]) for x in xs)
     s = np.zeros(p)
     for x in xs:
-        if x.shape[0]:
+        if _kernel_ready(x):
+            s = s + _sync_kernels().column_sums(np.ascontiguousarray(x))
+        elif x.shape[0]:
             s = s + np.asarray(xp.sum(x, axis=0, dtype=xp.float64))
     tot = reducer.allreduce(np.concatenate([[float(n_local)], s]))
     n = int(round(tot[0]))
@@ -135,7 +152,11 @@ def sync_moments(reducer, xs, ddof: int):
         raise ValueError("Input x contains NaN or infinity (on at least one rank).")
     s1, s2 = np.zeros(p), np.zeros(p)
     for x in xs:
-        if x.shape[0]:
+        if _kernel_ready(x):
+            a, b = _sync_kernels().shifted_sums(np.ascontiguousarray(x),
+                                                shift.astype(x.dtype))
+            s1, s2 = s1 + a, s2 + b
+        elif x.shape[0]:
             d = x - xp.asarray(shift, dtype=x.dtype)
             s1 = s1 + np.asarray(xp.sum(d, axis=0, dtype=xp.float64))
             s2 = s2 + np.asarray(xp.sum(d * d, axis=0, dtype=xp.float64))
@@ -183,12 +204,19 @@ def sync_batchnorm_forward(x, gamma, beta, *, eps: float, ddof: int, reducer):
             "eps=0: the standardization divides by zero. Use eps > 0 or drop the column."
         )
     inv_std = xp.asarray(1.0 / np.sqrt(var + eps), dtype=x.dtype)
-    x_hat = (x - xp.asarray(mean, dtype=x.dtype)) * inv_std
-    y = x_hat * gamma + beta
-    cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma,
-                               mean=xp.asarray(mean, dtype=x.dtype),
+    mean_x = xp.asarray(mean, dtype=x.dtype)
+    if _kernel_ready(x):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        _sync_kernels().normalize(x, mean_x, inv_std, np.ascontiguousarray(gamma),
+                                  np.ascontiguousarray(beta), y)
+        x_hat, kept = None, x
+    else:
+        x_hat, kept = (x - mean_x) * inv_std, None
+        y = x_hat * gamma + beta
+    cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma, mean=mean_x,
                                var=xp.asarray(var, dtype=x.dtype), ddof=ddof, n_total=n,
-                               reducer=reducer)
+                               reducer=reducer, x=kept)
     return y, cache
 
 
@@ -207,7 +235,9 @@ def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
         This rank's contributions ``1ᵀ(G_r∘Ẑ_r)`` and ``1ᵀG_r`` (their sum over
         ranks is the gradient).
     """
-    x_hat, inv_std, gamma, _, _, ddof, n, reducer = cache
+    x_hat, inv_std, gamma, mean, _, ddof, n, reducer, x = cache
+    if x is not None:          # kernel path: Ẑ recomputed from x while streaming through it
+        return _kernel_backward(dy, cache)
     xp = get_namespace(x_hat)
     if tuple(dy.shape) != tuple(x_hat.shape):
         raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
@@ -221,6 +251,23 @@ def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
     dx = (dy - dbeta / n - x_hat * (dgamma / (n - ddof))) * (gamma * inv_std)
     return (dx, xp.asarray(dgamma_r, dtype=x_hat.dtype),
             xp.asarray(dbeta_r, dtype=x_hat.dtype))
+
+
+def _kernel_backward(dy, cache: SyncBatchNormCache):
+    """:func:`sync_batchnorm_backward` on the numba pieces (same formula)."""
+    _, inv_std, gamma, mean, _, ddof, n, reducer, x = cache
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have shape {tuple(x.shape)}; got {tuple(dy.shape)}")
+    dy = np.ascontiguousarray(as_float(dy, "dy"), dtype=x.dtype)
+    k = _sync_kernels()
+    dbeta_r, dgamma_r = k.backward_sums(dy, x, mean, inv_std)
+    p = x.shape[1]
+    tot = reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
+    a = (tot[:p].astype(x.dtype) / n).astype(x.dtype)
+    b = (tot[p:].astype(x.dtype) / (n - ddof)).astype(x.dtype)
+    dx = np.empty_like(x)
+    k.backward_apply(dy, x, mean, inv_std, a, b, np.ascontiguousarray(gamma * inv_std), dx)
+    return dx, dgamma_r.astype(x.dtype), dbeta_r.astype(x.dtype)
 
 
 # ---------------------------------------------------------------- group-wise
