@@ -315,3 +315,34 @@ def test_torch_reducer_needs_an_initialised_group():
         pytest.skip("a process group is already initialised")
     with pytest.raises(RuntimeError, match="init_process_group"):
         TorchDistributedReducer()
+
+
+# ------------------------------------------------------------------ the guide
+DOC = HERE.parent / "docs" / "scaling.md"
+
+
+def test_scaling_guide_example_in_one_process(capsys):
+    from _doc_examples import check_doc_examples
+
+    check_doc_examples(DOC, capsys)
+
+
+def test_scaling_guide_example_under_mpiexec(tmp_path):
+    """The guide's script under ``mpiexec -n 3 python -m mpi4py`` prints what it documents."""
+    import re
+
+    from _doc_examples import expected_output, same_output
+
+    block = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)[0]
+    script = tmp_path / "train.py"
+    script.write_text(block)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bnmat.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    env.update({v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    proc = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(script)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = proc.stdout.strip().splitlines()
+    want = expected_output(block)
+    assert len(got) == len(want) == 1 and same_output(got[0], want[0]), (got, want)
