@@ -79,3 +79,43 @@ def backward_apply(dy, x, mean, inv_std, a, b, c, out):
         for j in range(p):
             x_hat = (x[i, j] - mean[j]) * inv_std[j]
             out[i, j] = ((dy[i, j] - a[j]) - x_hat * b[j]) * c[j]
+
+
+# Batch norm fused with the ReLU after it: B = (X − 1μᵀ) diag(c) + 1βᵀ with
+# c = γ∘s rounded to x's dtype (the operations of
+# bnmat.layers._fused.relu_backward_from_batchnorm, so the mask recomputed
+# in the backward pass is bitwise the one applied here); H = max(B, 0) (NaN → 0).
+
+
+@njit(**_OPTS)
+def normalize_relu(x, mean, scale, beta, out):
+    n, p = x.shape
+    for i in range(n):
+        for j in range(p):
+            b = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            out[i, j] = b if b > 0 else 0.0
+
+
+@njit(**_OPTS)
+def backward_sums_relu(dh, x, mean, inv_std, scale, beta):
+    n, p = x.shape
+    sb = np.zeros(p)
+    sg = np.zeros(p)
+    for i in range(n):
+        for j in range(p):
+            d = x[i, j] - mean[j]
+            if d * scale[j] + beta[j] > 0:
+                g = dh[i, j]
+                sb[j] += g
+                sg[j] += g * (d * inv_std[j])
+    return sb, sg
+
+
+@njit(**_OPTS)
+def backward_apply_relu(dh, x, mean, inv_std, scale, beta, a, b, c, out):
+    n, p = x.shape
+    for i in range(n):
+        for j in range(p):
+            d = x[i, j] - mean[j]
+            g = dh[i, j] if d * scale[j] + beta[j] > 0 else 0.0
+            out[i, j] = ((g - a[j]) - (d * inv_std[j]) * b[j]) * c[j]
