@@ -346,3 +346,29 @@ def test_scaling_guide_example_under_mpiexec(tmp_path):
     got = proc.stdout.strip().splitlines()
     want = expected_output(block)
     assert len(got) == len(want) == 1 and same_output(got[0], want[0]), (got, want)
+
+
+def test_fused_synchronized_pair_differentiated_layer_by_layer():
+    """A Sequential's fused BN+ReLU under a reducer: each layer's own backward agrees."""
+    from bnmat.layers._sync import synchronized
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 4)) + 2.0
+    net = bnmat.Sequential([bnmat.BatchNorm(), bnmat.ReLU()])
+    params, state = net.init(x, seed=0)
+    params[0]["beta"] = rng.normal(size=4) * 0.3
+    dh = rng.normal(size=x.shape)
+    with synchronized(Loopback()):
+        h, _, cache = net.forward(params, state, x, training=True)
+    c_bn, c_relu = cache.caches
+    assert getattr(c_bn, "relu", False) is True       # the fused synchronized pair ran
+    dx_fused, grads = net.backward(dh, cache)
+    db = net.layers[1].backward(dh, c_relu)[0]
+    dx, g = net.layers[0].backward(db, c_bn)
+    assert rel(dx, dx_fused) <= RTOL
+    assert rel(g["gamma"], grads[0]["gamma"]) <= RTOL and rel(g["beta"], grads[0]["beta"]) <= RTOL
+    h_ref, _, ref_cache = net.forward(params, state, x, training=True)   # one process
+    assert rel(h, h_ref) <= RTOL
+    dx_ref, grads_ref = net.backward(dh, ref_cache)
+    assert rel(dx_fused, dx_ref) <= RTOL
+    assert rel(grads[0]["gamma"], grads_ref[0]["gamma"]) <= RTOL
