@@ -21,6 +21,8 @@ plus 16 bytes for the per-step check that the parameters are identical.
 Usage::
 
     python benchmarks/scaling.py [--rows 200000] [--ranks 2] [--steps 15]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+        python benchmarks/scaling.py --in-process      # work per rank, no MPI, CPU time
 
 On a shared machine the timings are noisy; the script reports how busy the
 rest of the machine was (cores used by other processes) during each side, and
@@ -130,6 +132,44 @@ def worker(args) -> None:
         print(json.dumps([out]))
 
 
+def in_process(args) -> None:
+    """One process, one thread: the synchronized gradient on N/2 rows against the plain one on N.
+
+    A reducer of size 2 whose all-reduce returns its input (one rank of two,
+    the other holding no rows) runs the synchronized code path without MPI, so
+    the ratio of CPU times is the work-per-rank speed-up with no waiting at all.
+    """
+    import bnmat
+    from bnmat.distributed import SingleProcessReducer
+    from bnmat.train._distributed import distributed_value_and_grad
+
+    class Loopback(SingleProcessReducer):
+        size = 2
+
+    half = args.rows // 2
+    xa, ya = _data(0, args.rows)
+    xb, yb = xa[:half], ya[:half]
+    net = bnmat.Sequential([bnmat.Dense(WIDTHS[0], bias=False), bnmat.BatchNorm(), bnmat.ReLU(),
+                            bnmat.Dense(WIDTHS[1], bias=False), bnmat.BatchNorm(), bnmat.ReLU(),
+                            bnmat.Dense(1)])
+    params, state = net.init(xa[:2], seed=0)
+    red = Loopback()
+    sync = lambda: distributed_value_and_grad(net, params, state, xb, yb, "mse",  # noqa: E731
+                                              reducer=red, _counts=[half])
+    plain = lambda: bnmat.value_and_grad(net, params, state, xa, ya, "mse")  # noqa: E731
+    for f in (sync, plain, sync, plain):
+        f()
+    cpu = {"sync": [], "plain": []}
+    for _ in range(args.steps):                         # interleaved
+        for name, f in (("sync", sync), ("plain", plain)):
+            c0 = time.process_time()
+            f()
+            cpu[name].append(time.process_time() - c0)
+    s, p = statistics.median(cpu["sync"]), statistics.median(cpu["plain"])
+    print(f"in one process: synchronized gradient on {half:,} rows {s:.3f} CPU s, plain gradient "
+          f"on {args.rows:,} rows {p:.3f} CPU s: work ratio {p / s:.2f}×")
+
+
 def _run(cmd, extra_env):
     env = dict(os.environ)
     env.update({v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -146,11 +186,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--in-process", action="store_true",
+                    help="compare the synchronized path on N/2 rows with the plain one on N "
+                         "in this process (no MPI), by CPU time")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mpi", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)
+        return 0
+    if args.in_process:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            if os.environ.get(var) != "1":
+                print(f"set {var}=1 for a one-core comparison", file=sys.stderr)
+        in_process(args)
         return 0
     me = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rows", str(args.rows),
           "--steps", str(args.steps)]
