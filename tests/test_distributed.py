@@ -372,3 +372,21 @@ def test_fused_synchronized_pair_differentiated_layer_by_layer():
     dx_ref, grads_ref = net.backward(dh, ref_cache)
     assert rel(dx_fused, dx_ref) <= RTOL
     assert rel(grads[0]["gamma"], grads_ref[0]["gamma"]) <= RTOL
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+def test_synchronized_path_keeps_float32(monkeypatch, kernels):
+    """float32 data: float32 out, float64 sums; within float32 rounding of the plain path."""
+    if not kernels:
+        monkeypatch.setenv("BNMAT_DISABLE_KERNELS", "1")
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(2000, 3)) * [1.0, 1e-2, 3.0] + [0.0, 1e4, 0.0]).astype(np.float32)
+    y = rng.normal(size=2000).astype(np.float32)
+    net = bn_net()
+    params, state = net.init(x, seed=3)
+    a = bnmat.value_and_grad(net, params, state, x, y, "mse")
+    b = bnmat.value_and_grad(net, params, state, x, y, "mse", reducer=Loopback())
+    assert all(g.dtype == np.float32 for g in tree_leaves(b[1]))
+    assert all(s.dtype == np.float32 for s in tree_leaves(b[2]) if s.dtype.kind == "f")
+    assert rel(b[0], a[0]) <= 1e-5
+    assert rel(flat(b[1]), flat(a[1])) <= 5e-4

@@ -9,6 +9,10 @@ are the pieces, each one sweep over C-contiguous (N, p) arrays, one thread
 * ``column_sums(x)``, ``shifted_sums(x, shift)``: ``1ᵀX`` and, with
   ``D = X − 1 shiftᵀ``, ``1ᵀD`` and ``1ᵀ(D∘D)`` (the corrected two-pass moments);
 * ``normalize``: ``Y = ((X − 1μᵀ) diag(s)) diag(γ) + 1βᵀ``;
+
+where μ is passed in two parts, ``X − 1μᵀ = (X − 1 mean_hiᵀ) − 1 mean_loᵀ``
+(mean_hi the mean rounded to x's dtype, mean_lo the remainder), so float32
+data with a large mean and a small spread keep their digits;
 * ``backward_sums``: ``1ᵀG`` and ``1ᵀ(G∘X̂)`` with X̂ recomputed from X;
 * ``backward_apply``: ``dX = (G − 1aᵀ − X̂ diag(b)) diag(c)``.
 
@@ -52,15 +56,15 @@ def shifted_sums(x, shift):
 
 
 @njit(**_OPTS)
-def normalize(x, mean, inv_std, gamma, beta, out):
+def normalize(x, mean, mean_lo, inv_std, gamma, beta, out):
     n, p = x.shape
     for i in range(n):
         for j in range(p):
-            out[i, j] = ((x[i, j] - mean[j]) * inv_std[j]) * gamma[j] + beta[j]
+            out[i, j] = (((x[i, j] - mean[j]) - mean_lo[j]) * inv_std[j]) * gamma[j] + beta[j]
 
 
 @njit(**_OPTS)
-def backward_sums(dy, x, mean, inv_std):
+def backward_sums(dy, x, mean, mean_lo, inv_std):
     n, p = x.shape
     sb = np.zeros(p)
     sg = np.zeros(p)
@@ -68,42 +72,42 @@ def backward_sums(dy, x, mean, inv_std):
         for j in range(p):
             g = dy[i, j]
             sb[j] += g
-            sg[j] += g * ((x[i, j] - mean[j]) * inv_std[j])
+            sg[j] += g * (((x[i, j] - mean[j]) - mean_lo[j]) * inv_std[j])
     return sb, sg
 
 
 @njit(**_OPTS)
-def backward_apply(dy, x, mean, inv_std, a, b, c, out):
+def backward_apply(dy, x, mean, mean_lo, inv_std, a, b, c, out):
     n, p = x.shape
     for i in range(n):
         for j in range(p):
-            x_hat = (x[i, j] - mean[j]) * inv_std[j]
+            x_hat = ((x[i, j] - mean[j]) - mean_lo[j]) * inv_std[j]
             out[i, j] = ((dy[i, j] - a[j]) - x_hat * b[j]) * c[j]
 
 
-# Batch norm fused with the ReLU after it: B = (X − 1μᵀ) diag(c) + 1βᵀ with
+# Batch norm fused with the ReLU after it: B = ((X − 1 meanᵀ) − 1 mean_loᵀ) diag(c) + 1βᵀ with
 # c = γ∘s rounded to x's dtype (the operations of
 # bnmat.layers._fused.relu_backward_from_batchnorm, so the mask recomputed
 # in the backward pass is bitwise the one applied here); H = max(B, 0) (NaN → 0).
 
 
 @njit(**_OPTS)
-def normalize_relu(x, mean, scale, beta, out):
+def normalize_relu(x, mean, mean_lo, scale, beta, out):
     n, p = x.shape
     for i in range(n):
         for j in range(p):
-            b = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            b = ((x[i, j] - mean[j]) - mean_lo[j]) * scale[j] + beta[j]
             out[i, j] = b if b > 0 else 0.0
 
 
 @njit(**_OPTS)
-def backward_sums_relu(dh, x, mean, inv_std, scale, beta):
+def backward_sums_relu(dh, x, mean, mean_lo, inv_std, scale, beta):
     n, p = x.shape
     sb = np.zeros(p)
     sg = np.zeros(p)
     for i in range(n):
         for j in range(p):
-            d = x[i, j] - mean[j]
+            d = (x[i, j] - mean[j]) - mean_lo[j]
             if d * scale[j] + beta[j] > 0:
                 g = dh[i, j]
                 sb[j] += g
@@ -112,10 +116,10 @@ def backward_sums_relu(dh, x, mean, inv_std, scale, beta):
 
 
 @njit(**_OPTS)
-def backward_apply_relu(dh, x, mean, inv_std, scale, beta, a, b, c, out):
+def backward_apply_relu(dh, x, mean, mean_lo, inv_std, scale, beta, a, b, c, out):
     n, p = x.shape
     for i in range(n):
         for j in range(p):
-            d = x[i, j] - mean[j]
+            d = (x[i, j] - mean[j]) - mean_lo[j]
             g = dh[i, j] if d * scale[j] + beta[j] > 0 else 0.0
             out[i, j] = ((g - a[j]) - (d * inv_std[j]) * b[j]) * c[j]

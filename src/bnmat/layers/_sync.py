@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array_api import as_float, check_2d, get_namespace
+from .._array_api import as_float, check_2d, get_namespace, to_numpy
 
 __all__ = ["synchronized", "active_reducer", "SyncBatchNormCache", "sync_moments",
            "sync_batchnorm_forward", "sync_batchnorm_backward",
@@ -79,7 +79,7 @@ def synchronized(reducer):
 
 
 class SyncBatchNormCache(NamedTuple):
-    x_hat: Any       # (N_r, p)  Ẑ_r, this rank's rows standardized with the global statistics
+    x_hat: Any       # (N_r, p)  Ẑ_r = ((Z_r − 1 meanᵀ) − 1 mean_loᵀ) diag(s)
     inv_std: Any     # (p,)      s = (σ² + ε)^(−1/2)
     gamma: Any       # (p,)
     mean: Any        # (p,)      μ of the whole batch
@@ -91,7 +91,7 @@ class SyncBatchNormCache(NamedTuple):
     relu: bool = False   # fused with the ReLU after it (then beta, scale, mean_lo are set)
     beta: Any = None     # (p,)
     scale: Any = None    # (p,)  γ ∘ s in x's dtype
-    mean_lo: Any = None  # (p,)  zeros: the mean has no low part here
+    mean_lo: Any = None  # (p,)  the mean's remainder beyond ``mean`` (x's dtype)
 
     def without_relu(self):
         """The same cache, as from plain (not fused) batch norm."""
@@ -155,7 +155,11 @@ def sync_moments(reducer, xs, ddof: int):
             f"batch norm in training mode needs at least {max(2, ddof + 1)} rows to compute "
             f"batch statistics (ddof={ddof}); got N={n} rows on all {reducer.size} ranks"
         )
-    shift = tot[1:] / n
+    # The shift the second pass subtracts is the mean rounded to the data's
+    # dtype; μ = shift + 1ᵀD/N must use that rounded shift (for float32 data the
+    # rounding is up to half an ulp of the mean, a large part of a small spread).
+    dtype = to_numpy(xs[0][:0]).dtype
+    shift = (tot[1:] / n).astype(dtype).astype(np.float64)
     if not np.all(np.isfinite(shift)):
         raise ValueError("Input x contains NaN or infinity (on at least one rank).")
     s1, s2 = np.zeros(p), np.zeros(p)
@@ -212,20 +216,32 @@ def sync_batchnorm_forward(x, gamma, beta, *, eps: float, ddof: int, reducer):
             "eps=0: the standardization divides by zero. Use eps > 0 or drop the column."
         )
     inv_std = xp.asarray(1.0 / np.sqrt(var + eps), dtype=x.dtype)
-    mean_x = xp.asarray(mean, dtype=x.dtype)
+    mean_x, mean_lo = _two_part(mean, to_numpy(x[:0]).dtype)
+    mean_x, mean_lo = xp.asarray(mean_x), xp.asarray(mean_lo)
     if _kernel_ready(x):
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        _sync_kernels().normalize(x, mean_x, inv_std, np.ascontiguousarray(gamma),
+        _sync_kernels().normalize(x, mean_x, mean_lo, inv_std, np.ascontiguousarray(gamma),
                                   np.ascontiguousarray(beta), y)
         x_hat, kept = None, x
     else:
-        x_hat, kept = (x - mean_x) * inv_std, None
+        x_hat, kept = ((x - mean_x) - mean_lo) * inv_std, None
         y = x_hat * gamma + beta
     cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma, mean=mean_x,
                                var=xp.asarray(var, dtype=x.dtype), ddof=ddof, n_total=n,
-                               reducer=reducer, x=kept)
+                               reducer=reducer, x=kept, mean_lo=mean_lo)
     return y, cache
+
+
+def _two_part(mean, dtype):
+    """``mean`` (float64) as ``hi + lo`` in ``dtype``: hi rounded, lo the remainder.
+
+    ``(x − hi) − lo`` then centres float32 data as accurately as float64 would
+    (the first subtraction is exact for x near the mean); for float64, lo = 0.
+    """
+    hi = np.asarray(mean).astype(dtype)
+    lo = (np.asarray(mean, dtype=np.float64) - hi.astype(np.float64)).astype(dtype)
+    return hi, lo
 
 
 def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
@@ -270,13 +286,14 @@ def _kernel_backward(dy, cache: SyncBatchNormCache):
         raise ValueError(f"dy must have shape {tuple(x.shape)}; got {tuple(dy.shape)}")
     dy = np.ascontiguousarray(as_float(dy, "dy"), dtype=x.dtype)
     k = _sync_kernels()
-    dbeta_r, dgamma_r = k.backward_sums(dy, x, mean, inv_std)
+    dbeta_r, dgamma_r = k.backward_sums(dy, x, mean, cache.mean_lo, inv_std)
     p = x.shape[1]
     tot = reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
     a = (tot[:p].astype(x.dtype) / n).astype(x.dtype)
     b = (tot[p:].astype(x.dtype) / (n - ddof)).astype(x.dtype)
     dx = np.empty_like(x)
-    k.backward_apply(dy, x, mean, inv_std, a, b, np.ascontiguousarray(gamma * inv_std), dx)
+    k.backward_apply(dy, x, mean, cache.mean_lo, inv_std, a, b,
+                     np.ascontiguousarray(gamma * inv_std), dx)
     return dx, dgamma_r.astype(x.dtype), dbeta_r.astype(x.dtype)
 
 
@@ -314,14 +331,14 @@ def sync_batchnorm_relu_forward(bn_layer, params, state, x, reducer):
             f"column {_first(var == 0)} of x has zero variance (on all ranks together) and "
             "eps=0: the standardization divides by zero. Use eps > 0 or drop the column.")
     inv_std = (1.0 / np.sqrt(var + bn_layer.eps)).astype(x.dtype)
-    mean_x = mean.astype(x.dtype)
+    mean_x, mean_lo = _two_part(mean, x.dtype)
     scale = np.ascontiguousarray(gamma * inv_std)
     h = np.empty_like(x)
-    _sync_kernels().normalize_relu(x, mean_x, scale, beta, h)
+    _sync_kernels().normalize_relu(x, mean_x, mean_lo, scale, beta, h)
     cache = SyncBatchNormCache(x_hat=None, inv_std=inv_std, gamma=gamma, mean=mean_x,
                                var=var.astype(x.dtype), ddof=bn_layer.ddof, n_total=n,
                                reducer=reducer, x=x, relu=True, beta=beta, scale=scale,
-                               mean_lo=np.zeros_like(mean_x))
+                               mean_lo=mean_lo)
     new_state = bn_layer._updated_state(state, cache.mean, cache.var)
     return h, new_state, cache, FusedReLUCache(cache)
 
@@ -344,8 +361,8 @@ def sync_batchnorm_relu_backward(dh, cache: SyncBatchNormCache, *, overwrite: bo
             and dh.flags.writeable)
     dh = dh if fits else np.ascontiguousarray(as_float(dh, "dy"), dtype=x.dtype)
     k = _sync_kernels()
-    dbeta_r, dgamma_r = k.backward_sums_relu(dh, x, cache.mean, cache.inv_std, cache.scale,
-                                             cache.beta)
+    dbeta_r, dgamma_r = k.backward_sums_relu(dh, x, cache.mean, cache.mean_lo, cache.inv_std,
+                                             cache.scale, cache.beta)
     p, n = x.shape[1], cache.n_total
     tot = cache.reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
     a = (tot[:p].astype(x.dtype) / n).astype(x.dtype)
@@ -353,8 +370,8 @@ def sync_batchnorm_relu_backward(dh, cache: SyncBatchNormCache, *, overwrite: bo
     # A fresh output even when dh may be overwritten: numba's loop writing into
     # the array it reads ran 5× slower (88 against 16 ms at 100,000 × 64).
     out = np.empty_like(x)
-    k.backward_apply_relu(dh, x, cache.mean, cache.inv_std, cache.scale, cache.beta, a, b,
-                          cache.scale, out)
+    k.backward_apply_relu(dh, x, cache.mean, cache.mean_lo, cache.inv_std, cache.scale,
+                          cache.beta, a, b, cache.scale, out)
     return out, {"gamma": dgamma_r.astype(x.dtype), "beta": dbeta_r.astype(x.dtype)}
 
 
