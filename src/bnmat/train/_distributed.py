@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from .._array_api import as_float, check_2d, check_finite, get_namespace, to_numpy
+from .._array_api import as_float, check_2d, get_namespace, to_numpy
 from ..layers._network import population_forward, uses_groups
 from ..layers._sync import synchronized
 from ..layers._tree import tree_leaves, tree_unflatten
