@@ -236,6 +236,12 @@ def test_torch_distributed_reducer_gloo(tmp_path, whole):
     r = bnmat.fit_lbfgs(net, params, state, x, y, loss="sse", max_iter=5)
     ranks = [dict(np.load(tmp_path / f"lbfgs-rank{r}.npz")) for r in range(2)]
     assert_close(ranks, "params", flat(r.params))
+    gnet = group_net()
+    gp, gs = gnet.init(x, seed=2)
+    v, g, s = bnmat.value_and_grad(gnet, gp, gs, x, y, "sse", groups=units)
+    ranks = [dict(np.load(tmp_path / f"group-rank{r}.npz")) for r in range(2)]
+    assert_close(ranks, "grads", flat(g))
+    assert_close(ranks, "state", flat(s))            # the all-gathered unit table
 
 
 # ------------------------------------------------------------------ in one process

@@ -277,7 +277,7 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     if not (isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 1):
         raise ValueError(f"validation_fraction must lie in [0, 1); got {validation_fraction!r}")
     if distributed:
-        from ._distributed import distributed_fit
+        from ._distributed_fit import distributed_fit
 
         return distributed_fit(
             net, params, state, x, y, loss=loss, optimizer=optimizer, epochs=epochs,

@@ -61,7 +61,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     from scipy.optimize import minimize
 
     if reducer is not None:
-        from ._distributed import distributed_fit_lbfgs, is_distributed
+        from ._distributed import is_distributed
+        from ._distributed_fit import distributed_fit_lbfgs
         if is_distributed(reducer):
             return distributed_fit_lbfgs(net, params, state, x, y, loss=loss,
                                          l2=check_l2(l2),
