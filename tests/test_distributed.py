@@ -396,3 +396,17 @@ def test_synchronized_path_keeps_float32(monkeypatch, kernels):
     assert all(s.dtype == np.float32 for s in tree_leaves(b[2]) if s.dtype.kind == "f")
     assert rel(b[0], a[0]) <= 1e-5
     assert rel(flat(b[1]), flat(a[1])) <= 5e-4
+
+
+def test_synchronized_path_takes_torch_tensors():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, y = torch.asarray(rng.normal(size=(300, 3))), torch.asarray(rng.normal(size=300))
+    net = bn_net()
+    params, state = net.init(x, seed=0)
+    a = bnmat.value_and_grad(net, params, state, x, y, "mse")
+    b = bnmat.value_and_grad(net, params, state, x, y, "mse", reducer=Loopback())
+    assert all(isinstance(g, torch.Tensor) for g in tree_leaves(b[1]))
+    assert rel(b[0], a[0]) <= RTOL
+    assert rel(np.concatenate([np.asarray(g).ravel() for g in tree_leaves(b[1])]),
+               np.concatenate([np.asarray(g).ravel() for g in tree_leaves(a[1])])) <= RTOL
