@@ -170,6 +170,13 @@ def main(argv):
         run_cases(cases, red, lo, lo + sizes[red.rank], out)
     except BaseException:
         red.abort(f"rank {red.rank} failed:\n{traceback.format_exc()}")
+    if isinstance(red, TorchDistributedReducer):
+        # gloo's threads must be stopped before the interpreter exits, else
+        # C++ terminates the process while they run
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

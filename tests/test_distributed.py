@@ -51,8 +51,9 @@ def mpiexec() -> str:
     return found
 
 
-def launch(k: int, out: Path, cases, reducer: str = "mpi") -> None:
+def launch(k: int, out: Path, cases, reducer: str = "mpi", extra_env=None) -> None:
     env = dict(os.environ)
+    env.update(extra_env or {})
     src = str(Path(bnmat.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -68,11 +69,15 @@ def launch(k: int, out: Path, cases, reducer: str = "mpi") -> None:
                     f"{proc.stderr[-4000:]}")
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks-empty-shard"])
+@pytest.fixture(scope="module", params=[(2, "0"), (3, "0"), (2, None)],
+                ids=["2ranks-kernels", "3ranks-empty-shard-kernels", "2ranks-reference"])
 def runs(request, tmp_path_factory):
-    k = request.param
+    """Run every case; with "0", every array takes the numba pieces (BNMAT_KERNELS_MIN_ELEMENTS=0)."""
+    k, min_elements = request.param
     out = tmp_path_factory.mktemp(f"mpi{k}")
-    launch(k, out, CASES)
+    env = {"BNMAT_DISABLE_KERNELS": "1"} if min_elements is None else {
+        "BNMAT_KERNELS_MIN_ELEMENTS": min_elements}
+    launch(k, out, CASES, extra_env=env)
 
     def load(case):
         return [dict(np.load(out / f"{case}-rank{r}.npz")) for r in range(k)]
@@ -231,9 +236,44 @@ def test_torch_distributed_reducer_gloo(tmp_path, whole):
     r = bnmat.fit_lbfgs(net, params, state, x, y, loss="sse", max_iter=5)
     ranks = [dict(np.load(tmp_path / f"lbfgs-rank{r}.npz")) for r in range(2)]
     assert_close(ranks, "params", flat(r.params))
+    gnet = group_net()
+    gp, gs = gnet.init(x, seed=2)
+    v, g, s = bnmat.value_and_grad(gnet, gp, gs, x, y, "sse", groups=units)
+    ranks = [dict(np.load(tmp_path / f"group-rank{r}.npz")) for r in range(2)]
+    assert_close(ranks, "grads", flat(g))
+    assert_close(ranks, "state", flat(s))            # the all-gathered unit table
 
 
 # ------------------------------------------------------------------ in one process
+class Loopback(SingleProcessReducer):
+    """One process posing as one of two ranks whose other rank holds no rows."""
+
+    size = 2
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+def test_synchronized_path_in_one_process_equals_the_ordinary_path(monkeypatch, kernels):
+    """The synchronized batch norm (numba pieces or NumPy) on all rows equals the plain step."""
+    if not kernels:
+        monkeypatch.setenv("BNMAT_DISABLE_KERNELS", "1")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 3)) * [1.0, 4.0, 0.1] + [0.0, 50.0, -3.0]
+    y = rng.normal(size=2000)
+    net = bn_net()
+    params, state = net.init(x, seed=3)
+    red = Loopback()
+    for loss in ("sse", "mse"):
+        a = bnmat.value_and_grad(net, params, state, x, y, loss)
+        b = bnmat.value_and_grad(net, params, state, x, y, loss, reducer=red)
+        assert rel(b[0], a[0]) <= RTOL
+        assert rel(flat(b[1]), flat(a[1])) <= RTOL
+        assert rel(flat(b[2]), flat(a[2])) <= RTOL
+    assert red.stats.calls > 0
+    pop_a = bnmat.population_statistics(net, params, state, x, batch_size=700)
+    pop_b = bnmat.population_statistics(net, params, state, x, batch_size=700, reducer=red)
+    assert rel(flat(pop_b), flat(pop_a)) <= RTOL
+
+
 def test_single_process_reducer_is_the_ordinary_path(whole):
     x, y, _, net, params, state = whole
     red = SingleProcessReducer()
@@ -281,3 +321,92 @@ def test_torch_reducer_needs_an_initialised_group():
         pytest.skip("a process group is already initialised")
     with pytest.raises(RuntimeError, match="init_process_group"):
         TorchDistributedReducer()
+
+
+# ------------------------------------------------------------------ the guide
+DOC = HERE.parent / "docs" / "scaling.md"
+
+
+def test_scaling_guide_example_in_one_process(capsys):
+    from _doc_examples import check_doc_examples
+
+    check_doc_examples(DOC, capsys)
+
+
+def test_scaling_guide_example_under_mpiexec(tmp_path):
+    """The guide's script under ``mpiexec -n 3 python -m mpi4py`` prints what it documents."""
+    import re
+
+    from _doc_examples import expected_output, same_output
+
+    block = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)[0]
+    script = tmp_path / "train.py"
+    script.write_text(block)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bnmat.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    env.update({v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    proc = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(script)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = proc.stdout.strip().splitlines()
+    want = expected_output(block)
+    assert len(got) == len(want) == 1 and same_output(got[0], want[0]), (got, want)
+
+
+def test_fused_synchronized_pair_differentiated_layer_by_layer():
+    """A Sequential's fused BN+ReLU under a reducer: each layer's own backward agrees."""
+    from bnmat.layers._sync import synchronized
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 4)) + 2.0
+    net = bnmat.Sequential([bnmat.BatchNorm(), bnmat.ReLU()])
+    params, state = net.init(x, seed=0)
+    params[0]["beta"] = rng.normal(size=4) * 0.3
+    dh = rng.normal(size=x.shape)
+    with synchronized(Loopback()):
+        h, _, cache = net.forward(params, state, x, training=True)
+    c_bn, c_relu = cache.caches
+    assert getattr(c_bn, "relu", False) is True       # the fused synchronized pair ran
+    dx_fused, grads = net.backward(dh, cache)
+    db = net.layers[1].backward(dh, c_relu)[0]
+    dx, g = net.layers[0].backward(db, c_bn)
+    assert rel(dx, dx_fused) <= RTOL
+    assert rel(g["gamma"], grads[0]["gamma"]) <= RTOL and rel(g["beta"], grads[0]["beta"]) <= RTOL
+    h_ref, _, ref_cache = net.forward(params, state, x, training=True)   # one process
+    assert rel(h, h_ref) <= RTOL
+    dx_ref, grads_ref = net.backward(dh, ref_cache)
+    assert rel(dx_fused, dx_ref) <= RTOL
+    assert rel(grads[0]["gamma"], grads_ref[0]["gamma"]) <= RTOL
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+def test_synchronized_path_keeps_float32(monkeypatch, kernels):
+    """float32 data: float32 out, float64 sums; within float32 rounding of the plain path."""
+    if not kernels:
+        monkeypatch.setenv("BNMAT_DISABLE_KERNELS", "1")
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(2000, 3)) * [1.0, 1e-2, 3.0] + [0.0, 1e4, 0.0]).astype(np.float32)
+    y = rng.normal(size=2000).astype(np.float32)
+    net = bn_net()
+    params, state = net.init(x, seed=3)
+    a = bnmat.value_and_grad(net, params, state, x, y, "mse")
+    b = bnmat.value_and_grad(net, params, state, x, y, "mse", reducer=Loopback())
+    assert all(g.dtype == np.float32 for g in tree_leaves(b[1]))
+    assert all(s.dtype == np.float32 for s in tree_leaves(b[2]) if s.dtype.kind == "f")
+    assert rel(b[0], a[0]) <= 1e-5
+    assert rel(flat(b[1]), flat(a[1])) <= 5e-4
+
+
+def test_synchronized_path_takes_torch_tensors():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, y = torch.asarray(rng.normal(size=(300, 3))), torch.asarray(rng.normal(size=300))
+    net = bn_net()
+    params, state = net.init(x, seed=0)
+    a = bnmat.value_and_grad(net, params, state, x, y, "mse")
+    b = bnmat.value_and_grad(net, params, state, x, y, "mse", reducer=Loopback())
+    assert all(isinstance(g, torch.Tensor) for g in tree_leaves(b[1]))
+    assert rel(b[0], a[0]) <= RTOL
+    assert rel(np.concatenate([np.asarray(g).ravel() for g in tree_leaves(b[1])]),
+               np.concatenate([np.asarray(g).ravel() for g in tree_leaves(a[1])])) <= RTOL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,14 +22,18 @@ class ReducerStats:
     bytes : int
         Payload bytes this rank contributed to them (its send buffers; the
         all-gathers count their pickled size).
+    seconds : float
+        Wall time spent inside them (waiting for the other ranks included).
     """
 
     calls: int = 0
     bytes: int = 0
+    seconds: float = 0.0
 
-    def add(self, nbytes: int) -> None:
+    def add(self, nbytes: int, seconds: float = 0.0) -> None:
         self.calls += 1
         self.bytes += int(nbytes)
+        self.seconds += seconds
 
 
 class Reducer:
@@ -63,14 +68,18 @@ class Reducer:
             Identical on every rank.
         """
         a = np.ascontiguousarray(buf, dtype=np.float64)
-        self.stats.add(a.nbytes)
-        return self._allreduce(a.copy())
+        t0 = time.perf_counter()
+        out = self._allreduce(a.copy())
+        self.stats.add(a.nbytes, time.perf_counter() - t0)
+        return out
 
     def allreduce_max(self, buf) -> np.ndarray:
         """The element-wise maximum of ``buf`` (float64) over all ranks."""
         a = np.ascontiguousarray(buf, dtype=np.float64)
-        self.stats.add(a.nbytes)
-        return self._allreduce_max(a.copy())
+        t0 = time.perf_counter()
+        out = self._allreduce_max(a.copy())
+        self.stats.add(a.nbytes, time.perf_counter() - t0)
+        return out
 
     def broadcast(self, buf, root: int = 0) -> np.ndarray:
         """``buf`` of rank ``root`` on every rank (float64, same shape everywhere)."""

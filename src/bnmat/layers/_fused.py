@@ -67,8 +67,10 @@ def batchnorm_relu_forward(bn_layer, params, state, relu_params, x):
     from .. import _kernels
     from ._sync import active_reducer
 
-    if active_reducer() is not None:   # rows on several ranks: BatchNorm.forward reduces
-        return None
+    reducer = active_reducer()
+    if reducer is not None:   # rows on several ranks: the synchronized pair (or None)
+        from ._sync import sync_batchnorm_relu_forward
+        return sync_batchnorm_relu_forward(bn_layer, params, state, x, reducer)
     check_keys(params, ("gamma", "beta"), bn_layer)
     gamma, beta = params["gamma"], params["beta"]
     if not _kernels.wants(x, gamma, beta):
@@ -112,7 +114,10 @@ def batchnorm_relu_backward(dh, bn_cache, *, overwrite: bool):
         ``{"gamma": (p,), "beta": (p,)}``.
     """
     from .. import _kernels
+    from ._sync import SyncBatchNormCache, sync_batchnorm_relu_backward
 
+    if isinstance(bn_cache, SyncBatchNormCache):   # rows on several ranks
+        return sync_batchnorm_relu_backward(dh, bn_cache, overwrite=overwrite)
     out = dh if overwrite and _writable_like(dh, bn_cache.x) else None
     dz, dgamma, dbeta = _kernels.batchnorm_relu_backward(
         dh, _kernels.BatchNormReLUCache(bn=bn_cache, relu=None), out=out)

@@ -33,26 +33,22 @@ The layer's returned parameter gradients are this rank's **contributions**
 ``X_rᵀ dY_r``): the training functions sum all parameter gradients in one
 flat all-reduce.
 
-Group-wise batch norm keeps every unit on one rank, so each group's
-statistics and its two backward sums are local; only the pooled statistics
-(two all-reduces) and the table of the batch's groups (one all-gather of
-labels, means and variances, for the running statistics) are exchanged.
+Group-wise batch norm is in :mod:`bnmat.layers._sync_group`.
 """
 
 from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array_api import as_float, check_2d, get_namespace
+from .._array_api import as_float, check_2d, get_namespace, to_numpy
 
 __all__ = ["synchronized", "active_reducer", "SyncBatchNormCache", "sync_moments",
-           "sync_batchnorm_forward", "sync_batchnorm_backward",
-           "sync_group_forward", "sync_group_population"]
+           "sync_batchnorm_forward", "sync_batchnorm_backward", "sync_batchnorm_relu_forward",
+           "sync_batchnorm_relu_backward", "sync_population_moments"]
 
 _REDUCER: contextvars.ContextVar = contextvars.ContextVar("bnmat_reducer", default=None)
 
@@ -79,7 +75,7 @@ def synchronized(reducer):
 
 
 class SyncBatchNormCache(NamedTuple):
-    x_hat: Any       # (N_r, p)  Ẑ_r, this rank's rows standardized with the global statistics
+    x_hat: Any       # (N_r, p)  Ẑ_r = ((Z_r − 1 meanᵀ) − 1 mean_loᵀ) diag(s)
     inv_std: Any     # (p,)      s = (σ² + ε)^(−1/2)
     gamma: Any       # (p,)
     mean: Any        # (p,)      μ of the whole batch
@@ -87,6 +83,29 @@ class SyncBatchNormCache(NamedTuple):
     ddof: int
     n_total: int     # N, rows on all ranks
     reducer: Any
+    x: Any = None    # (N_r, p)  the input, kept instead of Ẑ_r (x_hat None) on the kernel path
+    relu: bool = False   # fused with the ReLU after it (then beta, scale, mean_lo are set)
+    beta: Any = None     # (p,)
+    scale: Any = None    # (p,)  γ ∘ s in x's dtype
+    mean_lo: Any = None  # (p,)  the mean's remainder beyond ``mean`` (x's dtype)
+
+    def without_relu(self):
+        """The same cache, as from plain (not fused) batch norm."""
+        return self._replace(relu=False)
+
+
+def _kernel_ready(x) -> bool:
+    """The numba pieces take x: a plain float NumPy array large enough (see bnmat._kernels)."""
+    from .. import _kernels
+
+    return (type(x) is np.ndarray and x.dtype in (np.float32, np.float64)
+            and x.shape[0] > 0 and _kernels.wants(x))
+
+
+def _sync_kernels():
+    from .._kernels import _sync_bn
+
+    return _sync_bn
 
 
 def _as_matrix(x):
@@ -121,7 +140,9 @@ def sync_moments(reducer, xs, ddof: int):
     n_local = sum(int(x.shape[0]) for x in xs)
     s = np.zeros(p)
     for x in xs:
-        if x.shape[0]:
+        if _kernel_ready(x):
+            s = s + _sync_kernels().column_sums(np.ascontiguousarray(x))
+        elif x.shape[0]:
             s = s + np.asarray(xp.sum(x, axis=0, dtype=xp.float64))
     tot = reducer.allreduce(np.concatenate([[float(n_local)], s]))
     n = int(round(tot[0]))
@@ -130,12 +151,20 @@ def sync_moments(reducer, xs, ddof: int):
             f"batch norm in training mode needs at least {max(2, ddof + 1)} rows to compute "
             f"batch statistics (ddof={ddof}); got N={n} rows on all {reducer.size} ranks"
         )
-    shift = tot[1:] / n
+    # The shift the second pass subtracts is the mean rounded to the data's
+    # dtype; μ = shift + 1ᵀD/N must use that rounded shift (for float32 data the
+    # rounding is up to half an ulp of the mean, a large part of a small spread).
+    dtype = to_numpy(xs[0][:0]).dtype
+    shift = (tot[1:] / n).astype(dtype).astype(np.float64)
     if not np.all(np.isfinite(shift)):
         raise ValueError("Input x contains NaN or infinity (on at least one rank).")
     s1, s2 = np.zeros(p), np.zeros(p)
     for x in xs:
-        if x.shape[0]:
+        if _kernel_ready(x):
+            a, b = _sync_kernels().shifted_sums(np.ascontiguousarray(x),
+                                                shift.astype(x.dtype))
+            s1, s2 = s1 + a, s2 + b
+        elif x.shape[0]:
             d = x - xp.asarray(shift, dtype=x.dtype)
             s1 = s1 + np.asarray(xp.sum(d, axis=0, dtype=xp.float64))
             s2 = s2 + np.asarray(xp.sum(d * d, axis=0, dtype=xp.float64))
@@ -183,13 +212,32 @@ def sync_batchnorm_forward(x, gamma, beta, *, eps: float, ddof: int, reducer):
             "eps=0: the standardization divides by zero. Use eps > 0 or drop the column."
         )
     inv_std = xp.asarray(1.0 / np.sqrt(var + eps), dtype=x.dtype)
-    x_hat = (x - xp.asarray(mean, dtype=x.dtype)) * inv_std
-    y = x_hat * gamma + beta
-    cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma,
-                               mean=xp.asarray(mean, dtype=x.dtype),
+    mean_x, mean_lo = _two_part(mean, to_numpy(x[:0]).dtype)
+    mean_x, mean_lo = xp.asarray(mean_x), xp.asarray(mean_lo)
+    if _kernel_ready(x):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        _sync_kernels().normalize(x, mean_x, mean_lo, inv_std, np.ascontiguousarray(gamma),
+                                  np.ascontiguousarray(beta), y)
+        x_hat, kept = None, x
+    else:
+        x_hat, kept = ((x - mean_x) - mean_lo) * inv_std, None
+        y = x_hat * gamma + beta
+    cache = SyncBatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma, mean=mean_x,
                                var=xp.asarray(var, dtype=x.dtype), ddof=ddof, n_total=n,
-                               reducer=reducer)
+                               reducer=reducer, x=kept, mean_lo=mean_lo)
     return y, cache
+
+
+def _two_part(mean, dtype):
+    """``mean`` (float64) as ``hi + lo`` in ``dtype``: hi rounded, lo the remainder.
+
+    ``(x − hi) − lo`` then centres float32 data as accurately as float64 would
+    (the first subtraction is exact for x near the mean); for float64, lo = 0.
+    """
+    hi = np.asarray(mean).astype(dtype)
+    lo = (np.asarray(mean, dtype=np.float64) - hi.astype(np.float64)).astype(dtype)
+    return hi, lo
 
 
 def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
@@ -207,7 +255,10 @@ def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
         This rank's contributions ``1ᵀ(G_r∘Ẑ_r)`` and ``1ᵀG_r`` (their sum over
         ranks is the gradient).
     """
-    x_hat, inv_std, gamma, _, _, ddof, n, reducer = cache
+    x_hat, inv_std, gamma, ddof = cache.x_hat, cache.inv_std, cache.gamma, cache.ddof
+    n, reducer = cache.n_total, cache.reducer
+    if cache.x is not None:          # kernel path: Ẑ recomputed from x while streaming through it
+        return _kernel_backward(dy, cache)
     xp = get_namespace(x_hat)
     if tuple(dy.shape) != tuple(x_hat.shape):
         raise ValueError(f"dy must have shape {tuple(x_hat.shape)}; got {tuple(dy.shape)}")
@@ -223,144 +274,101 @@ def sync_batchnorm_backward(dy, cache: SyncBatchNormCache):
             xp.asarray(dbeta_r, dtype=x_hat.dtype))
 
 
-# ---------------------------------------------------------------- group-wise
-def _gathered_groups(reducer, labels, mean, var):
-    """Every rank's (labels, mean, var) rows, concatenated and sorted by label."""
-    parts = reducer.allgather((np.asarray(labels, dtype=np.int64), np.asarray(mean),
-                               np.asarray(var)))
-    labels = np.concatenate([q[0] for q in parts])
-    mean = np.concatenate([q[1] for q in parts])
-    var = np.concatenate([q[2] for q in parts])
-    order = np.argsort(labels, kind="stable")
-    labels = labels[order]
-    if labels.shape[0] > 1 and np.any(labels[1:] == labels[:-1]):
-        dup = labels[1:][labels[1:] == labels[:-1]][0]
-        raise ValueError(
-            f"group {dup} has rows on more than one rank: distributed group-wise batch norm "
-            "needs every group's rows on one rank (split the data by whole units)"
-        )
-    return labels, mean[order], var[order]
+def _kernel_backward(dy, cache: SyncBatchNormCache):
+    """:func:`sync_batchnorm_backward` on the numba pieces (same formula)."""
+    inv_std, gamma, mean, ddof = cache.inv_std, cache.gamma, cache.mean, cache.ddof
+    n, reducer, x = cache.n_total, cache.reducer, cache.x
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have shape {tuple(x.shape)}; got {tuple(dy.shape)}")
+    dy = np.ascontiguousarray(as_float(dy, "dy"), dtype=x.dtype)
+    k = _sync_kernels()
+    dbeta_r, dgamma_r = k.backward_sums(dy, x, mean, cache.mean_lo, inv_std)
+    p = x.shape[1]
+    tot = reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
+    a = (tot[:p].astype(x.dtype) / n).astype(x.dtype)
+    b = (tot[p:].astype(x.dtype) / (n - ddof)).astype(x.dtype)
+    dx = np.empty_like(x)
+    k.backward_apply(dy, x, mean, cache.mean_lo, inv_std, a, b,
+                     np.ascontiguousarray(gamma * inv_std), dx)
+    return dx, dgamma_r.astype(x.dtype), dbeta_r.astype(x.dtype)
 
 
-def _local_group_forward(layer, x, groups, gamma, beta):
-    """The op on this rank's rows, or None for an empty shard; errors are collected."""
-    from .. import ops
+def sync_batchnorm_relu_forward(bn_layer, params, state, x, reducer):
+    """``ReLU ∘ BatchNorm`` in training mode, whole-batch statistics, one pass for H.
 
-    if x.shape[0] == 0:
-        return None, None, None
-    try:
-        index = layer._training_index(x, groups)
-        y, cache = ops.group_batchnorm_forward(x, index, gamma, beta, eps=layer.eps,
-                                               ddof=layer.ddof)
-    except (ValueError, TypeError) as exc:
-        return None, None, exc
-    return y, cache, None
-
-
-def _raise_any(reducer, exc):
-    """Raise on every rank when any rank's local step failed (its message, its rank)."""
-    flag = reducer.allreduce_max(np.asarray([1.0 if exc is not None else 0.0]))
-    if flag[0] == 0:
-        return
-    msgs = reducer.allgather(None if exc is None else (type(exc).__name__, str(exc)))
-    for rank, m in enumerate(msgs):
-        if m is not None:
-            kind = TypeError if m[0] == "TypeError" else ValueError
-            raise kind(f"rank {rank}: {m[1]}") from exc
-
-
-def sync_group_forward(layer, params, state, x, groups, reducer):
-    """Training-mode forward of a :class:`GroupBatchNorm` whose groups are spread over ranks.
-
-    Each group lies on one rank, so its statistics are local
-    (:func:`bnmat.ops.group_batchnorm_forward` on this rank's rows); the pooled
-    statistics are those of all ranks' rows (:func:`sync_moments`), and the
-    running statistics are updated, on every rank alike, with the groups of all
-    ranks' batches (one all-gather of their labels, means and variances).
+    The synchronized counterpart of :func:`bnmat.layers._fused.batchnorm_relu_forward`
+    (which calls it under a reducer): ``H = max((Z − 1μᵀ) diag(γ∘s) + 1βᵀ, 0)``.
 
     Returns
     -------
-    y : array, shape (N_r, p)
-    new_state : dict
-        Identical on every rank; equal to one process's update on the whole batch.
-    cache : GroupBatchNormCache, or an empty-shard marker
+    None
+        When the numba pieces do not take x (the two layers then run one after
+        the other, each synchronized).
+    (h, new_state, bn_cache, relu_cache)
+        As the single-process function; ``relu_cache`` is a
+        :class:`~bnmat.layers._fused.FusedReLUCache` pointing to ``bn_cache``.
     """
-    if layer.ghost is not None:
+    from ..ops.batchnorm import _check_param, _first
+    from ._fused import FusedReLUCache
+
+    from ._checks import check_keys
+
+    if not _kernel_ready(x):
+        return None
+    check_keys(params, ("gamma", "beta"), bn_layer)
+    check_keys(state, ("mean", "var"), bn_layer, "state", optional=("count",))
+    x = np.ascontiguousarray(x)
+    p = x.shape[1]
+    gamma = np.ascontiguousarray(_check_param(params["gamma"], "gamma", p, np, x.dtype))
+    beta = np.ascontiguousarray(_check_param(params["beta"], "beta", p, np, x.dtype))
+    n, mean, var = sync_moments(reducer, [x], bn_layer.ddof)
+    if bn_layer.eps == 0 and np.any(var == 0):
         raise ValueError(
-            "GroupBatchNorm(ghost=...) cannot be synchronized across ranks (its runs of "
-            "consecutive rows would straddle ranks); use BatchNorm or labelled groups"
-        )
-    xp, x = _as_matrix(x)
-    gamma, beta = params["gamma"], params["beta"]
-    y, cache, exc = _local_group_forward(layer, x, groups, gamma, beta)
-    _raise_any(reducer, exc)
-    _, pooled_mean, pooled_var = sync_moments(reducer, [x], layer.ddof)
-    p = x.shape[1]
-    if cache is None:
-        local = (np.zeros(0, dtype=np.int64), np.zeros((0, p), dtype=x.dtype),
-                 np.zeros((0, p), dtype=x.dtype))
-        y = x[:0] * 1.0
-        cache = EmptyGroupCache(p=p, dtype=x.dtype)
-    else:
-        local = (cache.index.labels, cache.mean, cache.var)
-    labels, mean, var = _gathered_groups(reducer, *local)
-    whole = SimpleNamespace(
-        index=SimpleNamespace(labels=labels), mean=mean, var=var,
-        pooled_mean=pooled_mean.astype(x.dtype), pooled_var=pooled_var.astype(x.dtype))
-    return y, layer._updated_state(state, whole), cache
+            f"column {_first(var == 0)} of x has zero variance (on all ranks together) and "
+            "eps=0: the standardization divides by zero. Use eps > 0 or drop the column.")
+    inv_std = (1.0 / np.sqrt(var + bn_layer.eps)).astype(x.dtype)
+    mean_x, mean_lo = _two_part(mean, x.dtype)
+    scale = np.ascontiguousarray(gamma * inv_std)
+    h = np.empty_like(x)
+    _sync_kernels().normalize_relu(x, mean_x, mean_lo, scale, beta, h)
+    cache = SyncBatchNormCache(x_hat=None, inv_std=inv_std, gamma=gamma, mean=mean_x,
+                               var=var.astype(x.dtype), ddof=bn_layer.ddof, n_total=n,
+                               reducer=reducer, x=x, relu=True, beta=beta, scale=scale,
+                               mean_lo=mean_lo)
+    new_state = bn_layer._updated_state(state, cache.mean, cache.var)
+    return h, new_state, cache, FusedReLUCache(cache)
 
 
-class EmptyGroupCache(NamedTuple):
-    """Cache of group-wise batch norm on a rank with no rows in the batch."""
+def sync_batchnorm_relu_backward(dh, cache: SyncBatchNormCache, *, overwrite: bool):
+    """Backward of :func:`sync_batchnorm_relu_forward`: G = dH ∘ 1[B > 0], then
+    :func:`sync_batchnorm_backward`'s formula, in two passes.
 
-    p: int
-    dtype: Any
-
-
-def sync_group_population(layer, params, state, xs, groups, reducer):
-    """:meth:`GroupBatchNorm.population_state` over the rows of all ranks.
-
-    Each rank's groups get their exact statistics from its own rows; the
-    pooled statistics and the table of groups are combined across ranks, so
-    the new state is identical on every rank and equal to one process's.
+    Returns
+    -------
+    dz : array, shape (N_r, p)
+        A new array (``overwrite`` is accepted for the caller's interface).
+    grads : dict
+        This rank's contributions ``{"gamma": 1ᵀ(G_r∘Ẑ_r), "beta": 1ᵀG_r}``.
     """
-    from .. import ops
-
-    if layer.ghost is not None:
-        raise ValueError("GroupBatchNorm(ghost=...) cannot be synchronized across ranks")
-    xs = [np.asarray(_as_matrix(x)[1]) for x in xs]
-    sizes = np.cumsum([int(x.shape[0]) for x in xs])[:-1]
-    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-    p = x.shape[1]
-    gamma, beta = params["gamma"], params["beta"]
-    exc = y = cache = None
-    if x.shape[0]:
-        if groups is None:
-            from ._checks import NO_GROUP_LABELS
-            exc = ValueError(NO_GROUP_LABELS)
-        else:
-            labels = groups[0] if len(groups) == 1 else np.concatenate(
-                [np.asarray(g) for g in groups])
-            y, cache, exc = _local_group_forward(layer, x, labels, gamma, beta)
-    _raise_any(reducer, exc)
-    _, pooled_mean, pooled_var = sync_moments(reducer, [x], layer.ddof)
-    if cache is None:
-        y = x * 1.0
-        local = (np.zeros(0, dtype=np.int64), np.zeros((0, p), x.dtype),
-                 np.zeros((0, p), x.dtype))
-    else:
-        local = (cache.index.labels, cache.mean, cache.var)
-    new_labels, mean, var = _gathered_groups(reducer, *local)
-    old_labels = np.asarray(state["labels"])
-    count = np.zeros(new_labels.shape[0], dtype=np.int64)
-    if old_labels.shape[0]:
-        pos = np.minimum(np.searchsorted(old_labels, new_labels), old_labels.shape[0] - 1)
-        found = old_labels[pos] == new_labels
-        count = np.where(found, np.asarray(state["count"])[pos], 0).astype(np.int64)
-    new_state = {**state, "labels": new_labels, "mean": mean, "var": var, "count": count,
-                 "pooled_mean": pooled_mean.astype(x.dtype),
-                 "pooled_var": pooled_var.astype(x.dtype)}
-    return np.split(y, sizes), new_state
+    x = cache.x
+    if tuple(dh.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have shape {tuple(x.shape)}; got {tuple(dh.shape)}")
+    fits = (type(dh) is np.ndarray and dh.dtype == x.dtype and dh.flags.c_contiguous
+            and dh.flags.writeable)
+    dh = dh if fits else np.ascontiguousarray(as_float(dh, "dy"), dtype=x.dtype)
+    k = _sync_kernels()
+    dbeta_r, dgamma_r = k.backward_sums_relu(dh, x, cache.mean, cache.mean_lo, cache.inv_std,
+                                             cache.scale, cache.beta)
+    p, n = x.shape[1], cache.n_total
+    tot = cache.reducer.allreduce(np.concatenate([dbeta_r, dgamma_r]))
+    a = (tot[:p].astype(x.dtype) / n).astype(x.dtype)
+    b = (tot[p:].astype(x.dtype) / (n - cache.ddof)).astype(x.dtype)
+    # A fresh output even when dh may be overwritten: numba's loop writing into
+    # the array it reads ran 5× slower (88 against 16 ms at 100,000 × 64).
+    out = np.empty_like(x)
+    k.backward_apply_relu(dh, x, cache.mean, cache.mean_lo, cache.inv_std, cache.scale,
+                          cache.beta, a, b, cache.scale, out)
+    return out, {"gamma": dgamma_r.astype(x.dtype), "beta": dbeta_r.astype(x.dtype)}
 
 
 def sync_population_moments(layer, params, state, xs, reducer):

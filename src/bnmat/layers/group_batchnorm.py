@@ -64,7 +64,8 @@ from .._segments import GroupIndex, ghost_batch_labels, group_index
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
 from ._checks import NO_GROUP_LABELS as _NO_LABELS
-from ._sync import EmptyGroupCache, active_reducer
+from ._sync import active_reducer
+from ._sync_group import EmptyGroupCache
 
 __all__ = ["GroupBatchNorm"]
 
@@ -223,7 +224,7 @@ class GroupBatchNorm:
             )
         gamma, beta = params["gamma"], params["beta"]
         if training and active_reducer() is not None:   # rows on several processes
-            from ._sync import sync_group_forward
+            from ._sync_group import sync_group_forward
             return sync_group_forward(self, params, state, x, groups, active_reducer())
         if training:
             index = self._training_index(x, groups)
@@ -294,7 +295,7 @@ class GroupBatchNorm:
         check_keys(state, _STATE, self, "state")
         xs = list(xs)
         if active_reducer() is not None:   # rows on several processes
-            from ._sync import sync_group_population
+            from ._sync_group import sync_group_population
             return sync_group_population(self, params, state, xs, groups, active_reducer())
         sizes = np.cumsum([int(x.shape[0]) for x in xs])[:-1]
         x = xs[0] if len(xs) == 1 else np.concatenate([np.asarray(x) for x in xs])

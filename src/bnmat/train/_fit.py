@@ -154,6 +154,12 @@ def positive_int(value, name):
     return int(value)
 
 
+def _is_distributed(reducer) -> bool:
+    from ._distributed import is_distributed
+
+    return is_distributed(reducer)
+
+
 def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = None,
         epochs: int = 100, batch_size: int | None = None, l2: float = 0.0,
         validation_data=None, validation_fraction: float = 0.0,
@@ -275,6 +281,9 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     ValueError
         Bad input (NaN, wrong shapes, a batch of one row in training mode, …).
     """
+    distributed = reducer is not None and _is_distributed(reducer)
+    if not distributed:
+        x, y = check_xy(x, y)
     epochs = positive_int(epochs, "epochs")
     patience = positive_int(patience, "patience")
     batch_size = check_batch_size(batch_size)
@@ -285,19 +294,19 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
         raise ValueError(f"drop_last must be one of {_DROP_LAST}; got {drop_last!r}")
     if not (isinstance(validation_fraction, (int, float)) and 0 <= validation_fraction < 1):
         raise ValueError(f"validation_fraction must lie in [0, 1); got {validation_fraction!r}")
-    if reducer is not None:
-        from ._distributed import distributed_fit, is_distributed
-        if is_distributed(reducer):
-            if sample_weight is not None:
-                raise ValueError("sample_weight cannot be combined with a distributed reducer")
-            return distributed_fit(
-                net, params, state, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
-                batch_size=batch_size, l2=l2, validation_data=validation_data,
-                validation_fraction=validation_fraction, early_stopping=early_stopping,
-                patience=patience, tol=tol, seed=seed, shuffle=shuffle, callback=callback,
-                progress=progress, drop_last=drop_last, population_stats=population_stats,
-                groups=groups, reducer=reducer)
-    x, y = check_xy(x, y)
+    if distributed:
+        from ._distributed_fit import distributed_fit
+
+        if sample_weight is not None:
+            raise ValueError("sample_weight cannot be combined with a distributed reducer")
+
+        return distributed_fit(
+            net, params, state, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+            batch_size=batch_size, l2=l2, validation_data=validation_data,
+            validation_fraction=validation_fraction, early_stopping=early_stopping,
+            patience=patience, tol=tol, seed=seed, shuffle=shuffle, callback=callback,
+            progress=progress, drop_last=drop_last, population_stats=population_stats,
+            groups=groups, reducer=reducer)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
     sw = w_val = None

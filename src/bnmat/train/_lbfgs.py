@@ -64,18 +64,20 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     """
     from scipy.optimize import minimize
 
-    max_iter = positive_int(max_iter, "max_iter")
-    l2 = check_l2(l2)
     if reducer is not None:
-        from ._distributed import distributed_fit_lbfgs, is_distributed
+        from ._distributed import is_distributed
+        from ._distributed_fit import distributed_fit_lbfgs
         if is_distributed(reducer):
             if sample_weight is not None:
                 raise ValueError("sample_weight cannot be combined with a distributed reducer")
-            return distributed_fit_lbfgs(net, params, state, x, y, loss=loss, l2=l2,
-                                         max_iter=max_iter, tol=tol, callback=callback,
-                                         population_stats=population_stats, groups=groups,
-                                         reducer=reducer)
+            return distributed_fit_lbfgs(net, params, state, x, y, loss=loss,
+                                         l2=check_l2(l2),
+                                         max_iter=positive_int(max_iter, "max_iter"), tol=tol,
+                                         callback=callback, population_stats=population_stats,
+                                         groups=groups, reducer=reducer)
     x, y = check_xy(x, y)
+    max_iter = positive_int(max_iter, "max_iter")
+    l2 = check_l2(l2)
     factors = as_factors(groups, x.shape[0])
     resolve_loss(loss, for_loss(factors))
     if sample_weight is not None:

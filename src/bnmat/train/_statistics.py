@@ -45,14 +45,14 @@ def population_statistics(net, params, state, x, *, batch_size=None, groups=None
         ``state`` with ``mean`` and ``var`` replaced in every batch norm (its
         ``count`` kept); ``state`` itself is not modified.
     """
-    batch_size = check_batch_size(batch_size)
     if reducer is not None:
         from ._distributed import distributed_population_statistics, is_distributed
         if is_distributed(reducer):
-            return distributed_population_statistics(net, params, state, x,
-                                                     batch_size=batch_size, groups=groups,
-                                                     reducer=reducer)
+            return distributed_population_statistics(
+                net, params, state, x, batch_size=check_batch_size(batch_size), groups=groups,
+                reducer=reducer)
     x = check_x(x)
+    batch_size = check_batch_size(batch_size)
     chunks = row_chunks(x.shape[0], batch_size)
     xs = [take_rows(x, idx) for idx in chunks]
     factors = as_factors(groups, x.shape[0])
