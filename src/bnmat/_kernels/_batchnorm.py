@@ -35,7 +35,6 @@ _MIN_CHUNK_ROWS = 64
 _MAX_CHUNKS = 32
 _ROWS4_MAX_BYTES = 8 << 20
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_F64_MAX = float(np.finfo(np.float64).max)
 
 
 def _kernels():
@@ -133,42 +132,16 @@ def _validated(x, gamma, beta, eps, ddof):
     return x, gamma, beta, eps, ddof
 
 
-def _in_kernel_range(var, inv_std64, dtype, n, rows4) -> bool:
-    """Whether the kernel's statistics are ones the reference would give too.
-
-    (The kernel checks this itself, status 3; this is the same rule in NumPy.)
-    The kernel raises no errors itself: NaN/inf in x, a variance or s that does
-    not fit x's dtype, a zero variance with eps = 0 (``status``), and variances
-    where its arithmetic could round differently from the reference's go to the
-    reference formulas, which decide the result or the error. Those are, for
-    float32 in the four-row loop (squares formed in float32), variances below
-    1e-30 other than exact zeros (a square of a deviation under ~1e-19
-    underflows); for float64, variances below 1e-250 (squares of deviations
-    under ~1e-125 may underflow) or above max/(2N) (a deviation's square may
-    overflow in one path and not the other). Constant columns give exactly 0
-    on both paths.
-    """
-    # p-sized reductions only (this runs on every call): the largest variance
-    # and s, rounded to the dtype as the reference's astype rounds them.
-    lo, hi, s_hi = var.min(), var.max(), inv_std64.max()
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not (np.isfinite(dtype.type(hi)) and np.isfinite(dtype.type(s_hi))):
-            return False            # NaN lands here too
-    if lo == 0:
-        pos = var[var > 0]
-        if not pos.size:
-            return True
-        lo = pos.min()
-    if dtype == np.float32:
-        return not rows4 or lo >= 1e-30
-    return lo >= 1e-250 and hi <= _F64_MAX / (2 * n)
-
-
 def _forward(x, gamma, beta, eps, ddof, relu, out):
     """Validated kernel forward; x, gamma, beta are NumPy arrays.
 
-    Returns None when the reference formulas must run instead (see
-    :func:`_in_kernel_range`).
+    Returns None when the reference formulas must run instead: the kernel
+    raises no errors itself. NaN/inf in x, a variance or s that does not fit x's
+    dtype, a zero variance with eps = 0, and statistics where its arithmetic
+    could round differently from the reference's (``status`` 1–3, see
+    :func:`bnmat._kernels._numba_bn._range_status`) go to the reference
+    formulas, which decide the result or the error. Constant columns give
+    exactly 0 on both paths.
     """
     x, gamma, beta, eps, ddof = _validated(x, gamma, beta, eps, ddof)
     n, p = x.shape
@@ -184,7 +157,7 @@ def _forward(x, gamma, beta, eps, ddof, relu, out):
         _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(
             x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64,
             rows4, _nchunks(n), out)
-    if status != 0:     # see _in_kernel_range
+    if status != 0:
         return None     # the reference decides: its result, or its error
     cache = BatchNormKernelCache(
         x=x,

@@ -411,7 +411,10 @@ class FastStep:
         return (mean.astype(dt), var.astype(dt), x_hat, inv_std, mask, ddof)
 
     def _bn_numpy_backward(self, g, cache, p, grads, relu, out):
-        """``dβ = 1ᵀG``, ``dγ = 1ᵀ(G∘X̂)``, ``dZ = [G − 1dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(γ∘s)``."""
+        """Batch norm's backward, in place::
+
+            dβ = 1ᵀG,   dγ = 1ᵀ(G∘X̂),   dZ = [G − 1dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(γ∘s)
+        """
         _, _, x_hat, inv_std, mask, ddof = cache
         n = x_hat.shape[0]
         dt = x_hat.dtype
