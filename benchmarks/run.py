@@ -367,7 +367,8 @@ def clean_env(extra=None):
               "GOMP_SPINCOUNT", "BNMAT_DISABLE_KERNELS"):
         env.pop(k, None)
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "src"), HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        [os.path.join(ROOT, "src"), HERE]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra or {})
     return env
 

@@ -355,7 +355,8 @@ def test_fit_lean_step_matches_value_and_grad(case, kernels, monkeypatch):
     net = _mlp(activation, k, ddof)
     calls = []
     real = _fit_module.value_and_grad
-    monkeypatch.setattr(_fit_module, "value_and_grad", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(_fit_module, "value_and_grad",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
     fast = _fit_with(net, x, y, monkeypatch, fast=True, kernels=kernels, **case)
     assert calls == []                       # every step ran on the lean path
     ref = _fit_with(net, x, y, monkeypatch, fast=False, kernels=kernels, **case)

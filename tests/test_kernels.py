@@ -657,3 +657,60 @@ def test_forked_child_uses_reference(monkeypatch):
     monkeypatch.delenv(_config.DISABLE_ENV, raising=False)
     monkeypatch.setitem(_config._state, "forked", True)
     assert not _kernels.enabled()
+
+
+# ------------------------------------------------------------ no silent compile stall
+class TestCompileAhead:
+    """``_config.ready()``: use compiled kernels, or say on stderr what happens instead."""
+
+    @pytest.fixture
+    def fresh(self, monkeypatch, tmp_path):
+        from bnmat._kernels import _config, _warm
+
+        marker = tmp_path / "bnmat-kernels-ready-test"
+        spawned, compiled = [], []
+        monkeypatch.setattr(_warm, "marker_path", lambda: str(marker))
+        monkeypatch.setattr(_warm, "compile_all", lambda: compiled.append(1) or 1.5)
+        monkeypatch.setattr(_config, "_spawn_background_compile", lambda: spawned.append(1))
+        monkeypatch.setitem(_config._state, "ready", None)
+        yield _config, marker, spawned, compiled
+        _config._state["ready"] = None       # the real decision again (marker present)
+
+    def test_background_by_default(self, fresh, monkeypatch, capsys):
+        config, marker, spawned, compiled = fresh
+        monkeypatch.delenv(config.COMPILE_ENV, raising=False)
+        assert config.ready() is False
+        assert config.ready() is False                  # decided once per process
+        err = capsys.readouterr().err
+        assert err.count("bnmat: compiling the fused CPU kernels") == 1
+        assert "background" in err and "NumPy formulas" in err
+        assert spawned == [1] and compiled == [] and not marker.exists()
+        # this process keeps to the reference formulas for its whole life
+        x = np.random.default_rng(0).standard_normal((100, 64))
+        _, cache = ops.batchnorm_forward(x, np.ones(64), np.zeros(64))
+        assert type(cache) is ops.BatchNormCache
+
+    def test_sync_compiles_in_the_foreground_and_says_how_long(self, fresh, monkeypatch,
+                                                               capsys):
+        config, marker, spawned, compiled = fresh
+        monkeypatch.setenv(config.COMPILE_ENV, "sync")
+        assert config.ready() is True
+        err = capsys.readouterr().err
+        assert "compiling the fused CPU kernels" in err and "compiled in 1.5 s" in err
+        assert compiled == [1] and spawned == [] and marker.exists()
+
+    def test_compiled_kernels_are_used_silently(self, fresh, monkeypatch, capsys):
+        config, marker, spawned, compiled = fresh
+        marker.write_text("compiled\n")
+        monkeypatch.delenv(config.COMPILE_ENV, raising=False)
+        assert config.ready() is True
+        assert capsys.readouterr().err == ""
+        assert spawned == [] and compiled == []
+
+
+def test_warm_marker_names_numba_cpu_and_source():
+    from bnmat._kernels import _warm
+
+    path = _warm.marker_path()
+    assert path is not None and os.path.basename(path).startswith("bnmat-kernels-ready-numba")
+    assert os.path.exists(path)        # the session compiled (or found) the kernels

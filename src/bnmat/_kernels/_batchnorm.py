@@ -15,6 +15,8 @@ copied to C order once, and the copy is what the cache holds.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _config
@@ -33,7 +35,6 @@ _MIN_CHUNK_ROWS = 64
 _MAX_CHUNKS = 32
 _ROWS4_MAX_BYTES = 8 << 20
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_F64_MAX = float(np.finfo(np.float64).max)
 
 
 def _kernels():
@@ -80,12 +81,27 @@ def _plain_vector(v, p) -> bool:
     return v.ndim == 1 and v.shape[0] == p and v.dtype.kind in "fiub" and v.dtype.itemsize <= 8
 
 
+_refs = {}
+
+
+def _ref(name):
+    """A name from bnmat.ops.batchnorm / bnmat._array_api, imported once (they import
+    this package's caches, so not at module level)."""
+    try:
+        return _refs[name]
+    except KeyError:
+        from .. import _array_api
+        from ..ops import batchnorm
+
+        for mod in (batchnorm, _array_api):
+            for key in dir(mod):
+                _refs.setdefault(key, getattr(mod, key))
+        return _refs[name]
+
+
 def _validated(x, gamma, beta, eps, ddof):
     """The reference's validation and conversions, in its order and words."""
-    from .._array_api import as_float, check_2d, check_finite, get_namespace
-    from ..ops.batchnorm import _check_param, check_ddof, check_eps
-
-    eps, ddof = check_eps(eps), check_ddof(ddof)
+    eps, ddof = _ref("check_eps")(eps), _ref("check_ddof")(ddof)
     x, gamma, beta = np.asarray(x), np.asarray(gamma), np.asarray(beta)  # memmaps
     if (x.dtype in _FLOATS and x.ndim == 2 and x.shape[1] > 0 and x.flags.c_contiguous
             and _plain_vector(gamma, x.shape[1]) and _plain_vector(beta, x.shape[1])
@@ -95,6 +111,9 @@ def _validated(x, gamma, beta, eps, ddof):
         gamma = np.ascontiguousarray(gamma, dtype=x.dtype)
         beta = np.ascontiguousarray(beta, dtype=x.dtype)
         return x, gamma, beta, eps, ddof
+    from .._array_api import as_float, check_2d, check_finite, get_namespace
+    from ..ops.batchnorm import _check_param
+
     xp = get_namespace(x, gamma, beta)
     x = check_2d(as_float(x, "x", xp), "x")
     n, p = x.shape
@@ -113,41 +132,16 @@ def _validated(x, gamma, beta, eps, ddof):
     return x, gamma, beta, eps, ddof
 
 
-def _in_kernel_range(var, inv_std64, dtype, n, rows4) -> bool:
-    """Whether the kernel's statistics are ones the reference would give too.
-
-    The kernel raises no errors itself: NaN/inf in x, a variance or s that does
-    not fit x's dtype, a zero variance with eps = 0 (``status``), and variances
-    where its arithmetic could round differently from the reference's go to the
-    reference formulas, which decide the result or the error. Those are, for
-    float32 in the four-row loop (squares formed in float32), variances below
-    1e-30 other than exact zeros (a square of a deviation under ~1e-19
-    underflows); for float64, variances below 1e-250 (squares of deviations
-    under ~1e-125 may underflow) or above max/(2N) (a deviation's square may
-    overflow in one path and not the other). Constant columns give exactly 0
-    on both paths.
-    """
-    # p-sized reductions only (this runs on every call): the largest variance
-    # and s, rounded to the dtype as the reference's astype rounds them.
-    lo, hi, s_hi = var.min(), var.max(), inv_std64.max()
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not (np.isfinite(dtype.type(hi)) and np.isfinite(dtype.type(s_hi))):
-            return False            # NaN lands here too
-    if lo == 0:
-        pos = var[var > 0]
-        if not pos.size:
-            return True
-        lo = pos.min()
-    if dtype == np.float32:
-        return not rows4 or lo >= 1e-30
-    return lo >= 1e-250 and hi <= _F64_MAX / (2 * n)
-
-
 def _forward(x, gamma, beta, eps, ddof, relu, out):
     """Validated kernel forward; x, gamma, beta are NumPy arrays.
 
-    Returns None when the reference formulas must run instead (see
-    :func:`_in_kernel_range`).
+    Returns None when the reference formulas must run instead: the kernel
+    raises no errors itself. NaN/inf in x, a variance or s that does not fit x's
+    dtype, a zero variance with eps = 0, and statistics where its arithmetic
+    could round differently from the reference's (``status`` 1–3, see
+    :func:`bnmat._kernels._numba_bn._range_status`) go to the reference
+    formulas, which decide the result or the error. Constant columns give
+    exactly 0 on both paths.
     """
     x, gamma, beta, eps, ddof = _validated(x, gamma, beta, eps, ddof)
     n, p = x.shape
@@ -163,8 +157,8 @@ def _forward(x, gamma, beta, eps, ddof, relu, out):
         _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(
             x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64,
             rows4, _nchunks(n), out)
-    if status != 0 or not _in_kernel_range(var, inv_std64, x.dtype, n, rows4):
-        return None  # the reference decides: its result, or its error
+    if status != 0:
+        return None     # the reference decides: its result, or its error
     cache = BatchNormKernelCache(
         x=x,
         inv_std=inv_std64.astype(x.dtype),
@@ -197,8 +191,6 @@ def _prepare_dy(dy, shape, dtype):
 
 def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
     """Kernel backward on NumPy arrays; returns BatchNormGrads in x's dtype."""
-    from ..ops.batchnorm import BatchNormGrads
-
     n, p = x.shape
     dy = _prepare_dy(dy, x.shape, x.dtype)
     if out is None:
@@ -212,11 +204,13 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         dgamma, dbeta = _kernels().backward(
             dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a,
             float(n - ddof), _rows4(x), _nchunks(n), out)
-    if not (np.all(np.isfinite(dgamma)) and np.all(np.isfinite(dbeta))):
+    if not math.isfinite(float(dgamma.sum()) + float(dbeta.sum())):
         # NaN/inf in dy, or float32 partial sums that overflowed: the reference
-        # (float64 sums of dy) decides.
+        # (float64 sums of dy) decides. (A finite sum that overflows only sends
+        # the call to the reference, which is never wrong.)
         return None
-    return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype), dbeta=dbeta.astype(x.dtype))
+    return _ref("BatchNormGrads")(dx=out, dgamma=dgamma.astype(x.dtype),
+                                  dbeta=dbeta.astype(x.dtype))
 
 
 def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=None):
@@ -287,9 +281,8 @@ def batchnorm_backward(dy, cache, *, out=None):
     BatchNormGrads
         ``(dx, dgamma, dbeta)`` in x's dtype.
     """
-    from ..ops.batchnorm import BatchNormCache
-    from ..ops.batchnorm import batchnorm_backward as reference
-
+    BatchNormCache = _ref("BatchNormCache")
+    reference = _ref("batchnorm_backward")
     if isinstance(cache, BatchNormKernelCache):
         if cache.relu:
             raise ValueError(

@@ -40,6 +40,8 @@ from numba import njit, prange
 
 _OPTS = dict(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=False)
 
+_F64_MAX = float(np.finfo(np.float64).max)
+
 #: rows per in-cache block of the two-pass (float64) statistics
 _BLOCK_ROWS = 32
 
@@ -148,6 +150,35 @@ def _moments(x, two_pass, rows4, nchunks):
     return mean, m2
 
 
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=False)
+def _range_status(var, inv_std, like, n, rows4, two_pass):
+    """3 and the column when the statistics leave the range where this kernel's
+    arithmetic matches the reference's, else (0, -1).
+
+    Out of range: var or s not finite once rounded to x's dtype; for float32 in
+    the four-row loop (squares formed in float32), a positive variance below
+    1e-30 (a deviation's square may underflow); for float64, a positive
+    variance below 1e-250 or above max/(2N) (a deviation's square may under- or
+    overflow in one path and not the other).
+    """
+    p = var.shape[0]
+    cast = np.empty(2, like.dtype)       # x's dtype
+    big = _F64_MAX / (2.0 * n)
+    for j in range(p):
+        cast[0] = var[j]
+        cast[1] = inv_std[j]
+        if not (np.isfinite(cast[0]) and np.isfinite(cast[1])):
+            return 3, j
+        v = var[j]
+        if v > 0.0:
+            if two_pass:
+                if v < 1e-250 or v > big:
+                    return 3, j
+            elif rows4 and v < 1e-30:
+                return 3, j
+    return 0, -1
+
+
 @njit(**_OPTS)
 def forward(x, gamma, beta, eps, ddof, relu, two_pass, rows4, nchunks, out):
     """Batch-norm training forward pass: statistics, then ``out`` in one pass.
@@ -155,8 +186,10 @@ def forward(x, gamma, beta, eps, ddof, relu, two_pass, rows4, nchunks, out):
     ``gamma`` and ``beta`` have x's dtype. Writes
     ``out = ((x − mean_hi) − mean_lo)·scale + beta`` (through ReLU when
     ``relu``), ``scale = γ ∘ s`` rounded to the dtype, unless a column is
-    unusable: then ``status`` is 1 (non-finite statistics) or 2 (zero variance
-    with eps = 0), ``col`` the first such column, and out is left untouched.
+    unusable: then ``status`` is 1 (non-finite statistics), 2 (zero variance
+    with eps = 0) or 3 (statistics outside the range where this kernel matches
+    the reference, :func:`_range_status`), ``col`` the first such column, and
+    out is left untouched.
 
     Returns ``(mean, var, inv_std, mean_hi, mean_lo, scale, status, col)``:
     the first three float64, the next three in x's dtype.
@@ -197,6 +230,8 @@ def forward(x, gamma, beta, eps, ddof, relu, two_pass, rows4, nchunks, out):
     for j in range(p):
         inv_std[j] = 1.0 / np.sqrt(var[j] + eps)
         scale[j] = np.float64(gamma[j]) * inv_std[j]
+    if status == 0:
+        status, col = _range_status(var, inv_std, mean_hi, n, rows4, two_pass)
     if status != 0:
         return mean, var, inv_std, mean_hi, mean_lo, scale, status, col
     zero = np.zeros(1, x.dtype)[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import array_api_compat
 
-from .._array_api import as_float, check_2d, get_namespace, is_numpy, to_numpy
+from .._array_api import as_float, check_2d, get_namespace, is_numpy
 from ._checks import positive_int
 from .._tree import cast_floating, tree_map
 

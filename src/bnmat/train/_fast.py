@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from .._kernels import _config
-from .._kernels._batchnorm import _in_kernel_range, _nchunks, _rows4
+from .._kernels._batchnorm import _nchunks, _rows4
 from ..layers import BatchNorm, Dense, Identity, LeakyReLU, ReLU, Sequential, Sigmoid, Softplus
 from ..layers import Tanh
 
@@ -167,8 +167,8 @@ class FastStep:
                      and type(self.layers[i + 1]) is ReLU for i, layer in enumerate(self.layers)]
         self.bn_size = max([self.widths[i] for i, layer in enumerate(self.layers)
                             if type(layer) is BatchNorm] or [0])
-        # Batch statistics need N ≥ max(2, ddof + 1) rows: a smaller batch goes to
-        # value_and_grad, which raises the reference's error.
+        # batch statistics need N ≥ 2 and N − ddof ≥ 1; smaller batches go to
+        # value_and_grad, which raises the op's error
         self.min_rows = max([max(2, layer.ddof + 1) for layer in self.layers
                              if type(layer) is BatchNorm] or [1])
 
@@ -214,9 +214,9 @@ class FastStep:
             path (:func:`value_and_grad`) instead.
         new_params, new_state, new_opt_state
         """
+        tree = self.adopt(params)
         if xb.shape[0] < self.min_rows:
             return None, params, state, opt_state
-        tree = self.adopt(params)
         use_kernels = (self.bn_size and xb.shape[0] * self.bn_size >= _config.MIN_ELEMENTS
                        and _config.enabled())
         if use_kernels:
@@ -355,7 +355,7 @@ class FastStep:
         _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = self.kernels.forward(
             z, p["gamma"], p["beta"], layer.eps, layer.ddof, relu, z.dtype == np.float64,
             rows4, _nchunks(n), out)
-        if status != 0 or not _in_kernel_range(var, inv_std64, z.dtype, n, rows4):
+        if status != 0:     # includes statistics outside the kernels' exact range
             return None
         return (mean_hi, var.astype(z.dtype), z, mean_lo, scale, inv_std64, rows4, layer.ddof)
 
@@ -411,7 +411,10 @@ class FastStep:
         return (mean.astype(dt), var.astype(dt), x_hat, inv_std, mask, ddof)
 
     def _bn_numpy_backward(self, g, cache, p, grads, relu, out):
-        """``dβ = 1ᵀG``, ``dγ = 1ᵀ(G∘X̂)``, ``dZ = [G − 1dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(γ∘s)``."""
+        """Batch norm's backward, in place::
+
+            dβ = 1ᵀG,   dγ = 1ᵀ(G∘X̂),   dZ = [G − 1dβᵀ/N − X̂ diag(dγ)/(N − ddof)] diag(γ∘s)
+        """
         _, _, x_hat, inv_std, mask, ddof = cache
         n = x_hat.shape[0]
         dt = x_hat.dtype
