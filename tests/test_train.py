@@ -266,7 +266,7 @@ def test_progress_output(regression, capsys, monkeypatch):
     params, state = net.init(x)
     train.fit(net, params, state, x, y, epochs=3, progress=False)
     assert capsys.readouterr() == ("", "")
-    monkeypatch.setattr(train._fit, "_tqdm", lambda: None)   # as if tqdm were not installed
+    monkeypatch.setattr(train._result, "_tqdm", lambda: None)   # as if tqdm were not installed
     train.fit(net, params, state, x, y, epochs=3, validation_fraction=0.2, progress=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and err[0].startswith("epoch 1/3  loss ") and "val_loss" in err[0]

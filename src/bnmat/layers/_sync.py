@@ -309,7 +309,7 @@ def sync_batchnorm_relu_forward(bn_layer, params, state, x, reducer):
         :class:`~bnmat.layers._fused.FusedReLUCache` pointing to ``bn_cache``.
     """
     from ..ops.batchnorm import _check_param, _first
-    from ._fused import FusedReLUCache
+    from ._fused_relu import FusedReLUCache
 
     from ._checks import check_keys
 

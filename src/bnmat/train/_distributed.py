@@ -180,8 +180,8 @@ def distributed_value_and_grad(net, params, state, x, y, loss="sse", *, training
     ``_counts`` (rows per rank, internal) skips the input checks, for training
     loops that checked the data once.
     """
-    from ._grad import _backward_without_dx, _match_target, _add_l2, check_l2, l2_penalty
-    from ._grad import net_kwargs
+    from ._loss import _add_l2, _backward_without_dx, _match_target, check_l2, l2_penalty
+    from ._loss import net_kwargs
 
     l2 = check_l2(l2)
     name = _check_loss(loss)
@@ -208,7 +208,7 @@ def distributed_value_and_grad(net, params, state, x, y, loss="sse", *, training
 
 def distributed_loss_value(net, params, state, x, y, loss, *, groups, reducer, n_total):
     """The inference-mode loss of the rows of all ranks."""
-    from ._grad import _match_target, net_kwargs
+    from ._loss import _match_target, net_kwargs
 
     factors = as_factors(groups, x.shape[0])
     y_pred, _, _ = net.forward(params, state, x, training=False, **net_kwargs(net, factors))

@@ -43,8 +43,8 @@ def distributed_fit(net, params, state, x, y, *, loss, optimizer, epochs, batch_
                     reducer):
     """:func:`bnmat.fit` over the rows of all ranks (checked arguments; see the module docstring)."""
     from ..optim import adam
-    from ._fit import (FitResult, _Progress, _all_finite, divergence_error,
-                       is_nonfinite_error)
+    from ._result import (FitResult, _Progress, _all_finite, divergence_error,
+                          is_nonfinite_error)
 
     name = _check_loss(loss)
     if validation_fraction:
@@ -155,7 +155,7 @@ def distributed_fit_lbfgs(net, params, state, x, y, *, loss, l2, max_iter, tol, 
     """
     from scipy.optimize import minimize
 
-    from ._fit import FitResult, divergence_error, is_nonfinite_error
+    from ._result import FitResult, divergence_error, is_nonfinite_error
 
     name = _check_loss(loss)
     x, y, counts = _preflight(reducer, x, y, params, None)

@@ -3,155 +3,24 @@
 from __future__ import annotations
 
 import math
-import re
-import sys
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
-from .._array_api import get_namespace
-from .._tree import tree_leaves
 from ..ops.group_batchnorm_inference import UnseenGroupWarning
 from ..optim import Optimizer, adam
 from ._data import check_batch_size, check_xy, row_chunks, take_rows
 from ._fast import fast_step
 from ._grad import check_l2, resolve_loss, loss_value, value_and_grad
 from ._groups import as_factors, for_loss, group_batches, group_holdout, take_factors
+from ._result import (DivergenceError, FitResult, _all_finite, _Progress, divergence_error,
+                      is_nonfinite_error, positive_int)
 from ._statistics import population_statistics
 
 __all__ = ["fit", "FitResult", "DivergenceError"]
 
 _DROP_LAST = ("merge", "drop", "keep")
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` and :func:`fit_lbfgs` return.
-
-    Attributes
-    ----------
-    params, state : list
-        The trained parameters and the state (with population statistics,
-        unless ``population_stats=False``).
-    history : dict of lists
-        ``"epoch"`` (1, 2, …; L-BFGS iterations for :func:`fit_lbfgs`),
-        ``"loss"`` (training objective, penalty included) and ``"val_loss"``
-        (validation loss, one per epoch; empty without validation data).
-    best_epoch : int
-        Epoch with the lowest monitored loss (validation loss when there is
-        validation data, else training loss); its parameters are the ones
-        returned when early stopping was on.
-    stopped_early : bool
-        True when training ended before ``epochs`` because of early stopping
-        or the callback.
-    """
-
-    params: Any
-    state: Any
-    history: dict
-    best_epoch: int
-    stopped_early: bool
-
-
-class DivergenceError(ValueError):
-    """Training produced a non-finite loss or non-finite parameters.
-
-    Attributes
-    ----------
-    epoch : int
-        The (1-based) epoch in which it happened.
-    params, state : list
-        The last finite parameters and state (before the failing step).
-    history : dict
-        The history up to the previous epoch.
-    """
-
-    def __init__(self, message, *, epoch, params, state, history):
-        super().__init__(message)
-        self.epoch = epoch
-        self.params = params
-        self.state = state
-        self.history = history
-
-
-# ----------------------------------------------------------------- progress
-def _tqdm():
-    """tqdm's class when installed, else None."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.6g}"
-
-
-class _Progress:
-    """A tqdm bar over epochs, else a plain line per epoch on stderr; or nothing."""
-
-    def __init__(self, total: int, enabled: bool, desc: str = "fit"):
-        self.total, self.enabled, self.bar = total, enabled, None
-        if enabled:
-            tqdm = _tqdm()
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr,
-                                leave=True, dynamic_ncols=True)
-
-    def update(self, epoch: int, loss: float, val_loss):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            post = {"loss": _fmt(loss)}
-            if val_loss is not None:
-                post["val_loss"] = _fmt(val_loss)
-            self.bar.set_postfix(post, refresh=False)
-            self.bar.update(1)
-        else:
-            line = f"epoch {epoch}/{self.total}  loss {_fmt(loss)}"
-            if val_loss is not None:
-                line += f"  val_loss {_fmt(val_loss)}"
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ----------------------------------------------------------------- fit
-def _all_finite(tree) -> bool:
-    for leaf in tree_leaves(tree):
-        xp = get_namespace(leaf)
-        if not bool(xp.all(xp.isfinite(leaf))):
-            return False
-    return True
-
-
-def is_nonfinite_error(exc: Exception) -> bool:
-    # The ops' messages for NaN/infinity in an input or in the loss; the data were
-    # checked to be finite before training, so during training these mean divergence.
-    msg = str(exc).lower()
-    return bool(re.search(r"\bnan\b|infinity|finite|overflow|unusable", msg))
-
-
-def divergence_error(epoch, params, state, history, cause=None):
-    # The op's advice to rescale the data is wrong here: the data were finite
-    # and usable, the parameters made the layer's input overflow.
-    cause = re.sub(r";\s*rescale[^;]*$", "", str(cause).rstrip(".")) if cause else ""
-    where = f" ({cause})" if cause else ""
-    return DivergenceError(
-        f"training diverged at epoch {epoch}: the loss or the parameters became "
-        f"non-finite{where}. Lower the learning rate or standardize the data; the last "
-        "finite parameters and state are in this error's .params and .state.",
-        epoch=epoch, params=params, state=state, history=history,
-    )
-
-
-def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 def _is_distributed(reducer) -> bool:

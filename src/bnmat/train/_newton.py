@@ -10,8 +10,8 @@ import numpy as np
 from .._array_api import get_namespace, is_numpy, to_numpy
 from .._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
-from ._fit import FitResult, divergence_error, is_nonfinite_error, positive_int
-from ._grad import check_l2
+from ._loss import check_l2
+from ._result import FitResult, divergence_error, is_nonfinite_error, positive_int
 from ._hvp import _HVP_LOSSES, value_grad_hvp
 from ._statistics import population_statistics
 

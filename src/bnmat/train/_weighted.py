@@ -168,7 +168,7 @@ def as_weights_like(w, x):
 
 def weighted_value_and_grad(net, params, state, x, y, loss, *, training, l2, sample_weight):
     """:func:`bnmat.value_and_grad` with row weights (called by it when given)."""
-    from ._grad import _add_l2, _match_target, l2_penalty
+    from ._loss import _add_l2, _match_target, l2_penalty
 
     if not isinstance(loss, str):
         raise ValueError("sample weights need a named loss ('sse', 'mse' or "
