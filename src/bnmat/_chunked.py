@@ -16,8 +16,8 @@ from .layers import BatchNorm, Sequential
 
 __all__ = ["CHUNK_ROWS", "predict_chunked", "population_statistics_chunked"]
 
-#: Rows per chunk: 16384 rows × 64 units × 8 bytes = 8 MiB per array.
-CHUNK_ROWS = 16384
+#: Rows per chunk: 8192 rows × 64 units × 8 bytes = 4 MiB per array.
+CHUNK_ROWS = 8192
 
 
 def _chunks(n: int, rows: int):
