@@ -296,3 +296,44 @@ def test_chunked_population_statistics_and_validation_match_one_pass():
     one = bnmat.fit(net, params, state, x, y, **kw)
     many = bnmat.fit(net, params, state, x, y, validation_batch_size=10, **kw)
     np.testing.assert_allclose(many.history["val_loss"], one.history["val_loss"], rtol=1e-12)
+
+
+# ------------------------------------------------------------- dependencies, docs
+def test_estimators_without_scikit_learn_say_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import bnmat\n"
+            "bnmat.fit, bnmat.load\n"                       # the rest works
+            "try:\n    bnmat.BNMLPRegressor\n"
+            "except ImportError as e:\n    print(type(e).__name__, '|', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ImportError |")
+    assert "pip install 'bnmat[sklearn]'" in out.stdout
+    assert "ModuleNotFoundError" not in out.stdout + out.stderr
+
+
+def test_first_readme_command_installs_what_bnmat_fit_shows():
+    # The README's first command is `pip install -e . && bnmat fit`: its progress bar
+    # (tqdm), its --plot (matplotlib) and its CSV reader (pandas) must be required.
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    names = set(re.findall(r'"([A-Za-z0-9_.-]+)', deps))
+    assert {"tqdm", "matplotlib", "pandas"} <= names
+
+
+def test_batchnorm_layer_with_eps_zero_is_exact_and_names_a_constant_column():
+    # docs/networks.md §3 says what the layer does with eps = 0.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3))
+    net = bnmat.Sequential([bnmat.BatchNorm(eps=0.0, ddof=1)])
+    params, state = net.init(x, seed=0)
+    y = np.asarray(net.forward(params, state, x, training=True)[0])
+    np.testing.assert_allclose(y, (x - x.mean(0)) / x.std(0, ddof=1), rtol=1e-12)
+    x[:, 1] = 2.0
+    with pytest.raises(ValueError, match="column 1"):
+        net.forward(params, state, x, training=True)
