@@ -337,3 +337,27 @@ def test_batchnorm_layer_with_eps_zero_is_exact_and_names_a_constant_column():
     x[:, 1] = 2.0
     with pytest.raises(ValueError, match="column 1"):
         net.forward(params, state, x, training=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity", "leaky_relu",
+                                        "softplus"])
+def test_folded_chunked_prediction_equals_net_predict(activation):
+    # bnmat predict folds each inference batch norm into the dense layer before it;
+    # the oracle is the network's own predict (separate Dense, BatchNorm, activation).
+    from bnmat._chunked import predict_chunked
+    from bnmat._mlp import build_mlp
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1000, 4))
+    net = build_mlp([8, 6], activation, 2)
+    params, state = net.init(x, seed=0)
+    params = [{k: v + 0.3 * rng.normal(size=v.shape) for k, v in layer.items()}
+              for layer in params]
+    state = [dict(d, mean=rng.normal(size=d["mean"].shape),
+                  var=rng.uniform(0.5, 2.0, size=d["var"].shape)) if "mean" in d else d
+             for d in state]
+    expected = np.asarray(net.predict(params, state, x))
+    got = predict_chunked(net, params, state, x, rows=333)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    wrong = [dict(d) for d in state]
+    wrong[1] = dict(wrong[1], var=wrong[1]["var"] * 2)       # the check can fail
+    assert not np.allclose(predict_chunked(net, params, wrong, x), expected)
