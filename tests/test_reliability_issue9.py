@@ -361,3 +361,12 @@ def test_folded_chunked_prediction_equals_net_predict(activation):
     wrong = [dict(d) for d in state]
     wrong[1] = dict(wrong[1], var=wrong[1]["var"] * 2)       # the check can fail
     assert not np.allclose(predict_chunked(net, params, wrong, x), expected)
+
+
+def test_panel_estimator_scales_a_small_target():
+    # Item 1's sibling: the panel estimator shares fit_scaling.
+    x, y = _data(200)
+    model = PanelBNMLPRegressor(hidden_layer_sizes=(8,), effects="none", solver="lbfgs",
+                                max_iter=50, random_state=0).fit(x.astype(np.float32), y * 1e-7)
+    assert model.y_scaling_.scale[0] == pytest.approx(np.std(y * 1e-7), rel=1e-6)
+    assert _r2(y * 1e-7, model.predict(x.astype(np.float32))) > 0.9
