@@ -9,15 +9,36 @@ a time and give the same numbers up to rounding.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import ops
 from .layers import BatchNorm, Sequential
 
-__all__ = ["CHUNK_ROWS", "predict_chunked", "population_statistics_chunked"]
+__all__ = ["CHUNK_ROWS", "one_blas_thread", "predict_chunked", "population_statistics_chunked"]
 
 #: Rows per chunk: 8192 rows × 64 units × 8 bytes = 4 MiB per array.
 CHUNK_ROWS = 8192
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the block with one BLAS thread (threadpoolctl), then restore the setting.
+
+    The products of mini-batches and row chunks are small (8192 × 64 × 64 is
+    3e7 flops): splitting them over threads gains little, and on a machine
+    whose cores are busy OpenBLAS's threads wait for each other at every
+    product — 19 ms per product measured on a shared 2-core machine, against
+    0.1–0.8 ms with one thread (``benchmarks/csv_io.py``, docs/cli.md).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                 # pragma: no cover - a required dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _chunks(n: int, rows: int):
@@ -46,6 +67,11 @@ def predict_chunked(net, params, state, x, rows: int = CHUNK_ROWS) -> np.ndarray
     -------
     ndarray, shape (N, k)
     """
+    with one_blas_thread():
+        return _predict_chunked(net, params, state, x, rows)
+
+
+def _predict_chunked(net, params, state, x, rows):
     folded = _fold(net, params, state)
     if folded is None:
         parts = [np.asarray(net.predict(params, state, x[s]))
@@ -129,7 +155,11 @@ def population_statistics_chunked(net, params, state, x, rows: int = CHUNK_ROWS)
         from .train import population_statistics
 
         return population_statistics(net, params, state, x, batch_size=rows)
-    state = list(state)
+    with one_blas_thread():
+        return _population_statistics_chunked(net, params, list(state), x, rows)
+
+
+def _population_statistics_chunked(net, params, state, x, rows):
     n = x.shape[0]
     for k, layer in enumerate(net.layers):
         if not isinstance(layer, BatchNorm):
