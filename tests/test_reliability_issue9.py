@@ -13,6 +13,9 @@ import bnmat
 from bnmat import BNMLPClassifier, BNMLPRegressor, PanelBNMLPRegressor, optim
 from bnmat._mlp import Scaling, fit_scaling
 
+# Short fits are the point of several tests here, not convergence.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 
 def _data(n=400, seed=0):
     rng = np.random.default_rng(seed)
