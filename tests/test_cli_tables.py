@@ -179,3 +179,26 @@ def test_labels_read_as_text(tmp_path):
     table = read_table(path, text_columns=["id"])
     assert table.column("id") == ["01", "1", "+1"]
     assert read_table(path).column("id") == ["1", "1", "1"]   # as numbers: one value
+
+
+def test_panel_fit_with_features_and_dropna(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(20), 5)
+    x = rng.normal(size=units.size)
+    noise = rng.normal(size=(units.size, 3))
+    y = 2 * x + units * 0.3 + 0.01 * rng.normal(size=units.size)
+    lines = [f"{u},{a:.8f},{n[0]:.4f},{n[1]:.4f},{n[2]:.4f},{b:.8f}"
+             for u, a, n, b in zip(units, x, noise, y)]
+    lines[7] = lines[7].rsplit(",", 1)[0] + ","            # a missing target
+    path = tmp_path / "panel.csv"
+    path.write_text("id,x,z1,z2,z3,y\n" + "\n".join(lines) + "\n")
+    args = ["fit", str(path), "--target", "y", "--entity", "id", "--linear", "x",
+            "--features", "z1", "--validation-fraction", "0", "--no-progress",
+            "-o", str(tmp_path / "m.npz"), "--epochs", "2", "--hidden", "4"]
+    assert main(args) == 2
+    assert "column 'y' in 1 row(s), the first at line 9" in _error(capsys)
+    assert main(args + ["--dropna"]) == 0
+    out = capsys.readouterr().out
+    assert "--dropna: dropped 1 of 100 row(s)" in out
+    assert "2 features" in out and "99 training rows" in out
+    assert load(tmp_path / "m.npz").metadata["features"] == ["x", "z1"]
