@@ -178,7 +178,29 @@ def test_labels_read_as_text(tmp_path):
     path.write_text("id,x\n01,1\n1,2\n+1,3\n")
     table = read_table(path, text_columns=["id"])
     assert table.column("id") == ["01", "1", "+1"]
-    assert read_table(path).column("id") == ["1", "1", "1"]   # as numbers: one value
+    # parsed as numbers, the column is read again as text for its labels
+    table = read_table(path)
+    assert table.frame["id"].tolist() == [1, 1, 1]
+    assert table.column("id") == ["01", "1", "+1"]
+    assert table.take(np.array([False, True, True])).column("id") == ["1", "+1"]
+
+
+def test_fit_panel_from_table_keeps_01_and_1_apart(tmp_path):
+    # Item 4's sibling in the Python API: a table read with default types.
+    from bnmat.datasets import read_table
+    from bnmat.panel_table import fit_panel_from_table
+    rng = np.random.default_rng(0)
+    ids = ["1"] * 6 + ["01"] * 6 + ["2"] * 6 + ["02"] * 6
+    alpha = {"1": 0.0, "01": 5.0, "2": -3.0, "02": 2.0}
+    x = rng.normal(size=24) + np.array([alpha[i] for i in ids])
+    y = 2 * x + np.array([alpha[i] for i in ids]) + 0.01 * rng.normal(size=24)
+    path = tmp_path / "p.csv"
+    path.write_text("id,x,y\n" + "".join(f"{i},{a:.17g},{b:.17g}\n"
+                                         for i, a, b in zip(ids, x, y)))
+    model = fit_panel_from_table(read_table(path), "y", entity="id", linear=["x"],
+                                 network_features=[])
+    assert sorted(model.entity_labels.tolist()) == ["01", "02", "1", "2"]
+    assert model.coef_linear["x"] == pytest.approx(2.0, abs=0.02)
 
 
 def test_panel_fit_with_features_and_dropna(tmp_path, capsys):
