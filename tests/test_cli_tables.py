@@ -224,3 +224,32 @@ def test_panel_fit_with_features_and_dropna(tmp_path, capsys):
     assert "--dropna: dropped 1 of 100 row(s)" in out
     assert "2 features" in out and "99 training rows" in out
     assert load(tmp_path / "m.npz").metadata["features"] == ["x", "z1"]
+
+
+def test_panel_fit_and_predict_with_a_categorical_column(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(30), 6)
+    sector = rng.choice(["farm", "shop", "mill"], size=units.size)
+    bump = {"farm": 1.0, "shop": -1.0, "mill": 0.0}
+    x = rng.normal(size=units.size)
+    y = 2 * x + units * 0.1 + np.array([bump[s] for s in sector]) \
+        + 0.01 * rng.normal(size=units.size)
+    path = tmp_path / "panel.csv"
+    path.write_text("id,x,sector,y\n" + "".join(
+        f"{u},{a:.8f},{s},{b:.8f}\n" for u, a, s, b in zip(units, x, sector, y)))
+    model = tmp_path / "m.npz"
+    base = ["fit", str(path), "--target", "y", "--entity", "id", "--validation-fraction", "0",
+            "--no-progress", "-o", str(model), "--epochs", "2", "--hidden", "4"]
+    assert main(base + ["--linear", "sector", "--categorical", "sector"]) == 2
+    assert "also in --linear" in _error(capsys)
+    assert main(base + ["--linear", "x", "--categorical", "sector"]) == 0
+    assert "network 3 → 4 → 1" in capsys.readouterr().out
+    meta = load(model).metadata
+    assert meta["categorical"] == {"sector": ["farm", "mill", "shop"]}
+    new = tmp_path / "new.csv"
+    new.write_text("id,x,sector\n1,0.5,farm\n2,0.1,mill\n")
+    assert main(["predict", str(model), str(new)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    new.write_text("id,x,sector\n1,0.5,mine\n")
+    assert main(["predict", str(model), str(new)]) == 2
+    assert "level(s) not seen in training" in _error(capsys)
