@@ -299,6 +299,8 @@ def test_chunked_population_statistics_and_validation_match_one_pass():
     one = bnmat.fit(net, params, state, x, y, **kw)
     many = bnmat.fit(net, params, state, x, y, validation_batch_size=10, **kw)
     np.testing.assert_allclose(many.history["val_loss"], one.history["val_loss"], rtol=1e-12)
+    with pytest.raises(ValueError, match="validation_batch_size"):
+        bnmat.fit(net, params, state, x, y, validation_batch_size=0, **kw)
 
 
 # ------------------------------------------------------------- dependencies, docs
