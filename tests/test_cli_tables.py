@@ -178,4 +178,78 @@ def test_labels_read_as_text(tmp_path):
     path.write_text("id,x\n01,1\n1,2\n+1,3\n")
     table = read_table(path, text_columns=["id"])
     assert table.column("id") == ["01", "1", "+1"]
-    assert read_table(path).column("id") == ["1", "1", "1"]   # as numbers: one value
+    # parsed as numbers, the column is read again as text for its labels
+    table = read_table(path)
+    assert table.frame["id"].tolist() == [1, 1, 1]
+    assert table.column("id") == ["01", "1", "+1"]
+    assert table.take(np.array([False, True, True])).column("id") == ["1", "+1"]
+
+
+def test_fit_panel_from_table_keeps_01_and_1_apart(tmp_path):
+    # Item 4's sibling in the Python API: a table read with default types.
+    from bnmat.datasets import read_table
+    from bnmat.panel.table import fit_panel_from_table
+    rng = np.random.default_rng(0)
+    ids = ["1"] * 6 + ["01"] * 6 + ["2"] * 6 + ["02"] * 6
+    alpha = {"1": 0.0, "01": 5.0, "2": -3.0, "02": 2.0}
+    x = rng.normal(size=24) + np.array([alpha[i] for i in ids])
+    y = 2 * x + np.array([alpha[i] for i in ids]) + 0.01 * rng.normal(size=24)
+    path = tmp_path / "p.csv"
+    path.write_text("id,x,y\n" + "".join(f"{i},{a:.17g},{b:.17g}\n"
+                                         for i, a, b in zip(ids, x, y)))
+    model = fit_panel_from_table(read_table(path), "y", entity="id", linear=["x"],
+                                 network_features=[])
+    assert sorted(model.entity_labels.tolist()) == ["01", "02", "1", "2"]
+    assert model.coef_linear["x"] == pytest.approx(2.0, abs=0.02)
+
+
+def test_panel_fit_with_features_and_dropna(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(20), 5)
+    x = rng.normal(size=units.size)
+    noise = rng.normal(size=(units.size, 3))
+    y = 2 * x + units * 0.3 + 0.01 * rng.normal(size=units.size)
+    lines = [f"{u},{a:.8f},{n[0]:.4f},{n[1]:.4f},{n[2]:.4f},{b:.8f}"
+             for u, a, n, b in zip(units, x, noise, y)]
+    lines[7] = lines[7].rsplit(",", 1)[0] + ","            # a missing target
+    path = tmp_path / "panel.csv"
+    path.write_text("id,x,z1,z2,z3,y\n" + "\n".join(lines) + "\n")
+    args = ["fit", str(path), "--target", "y", "--entity", "id", "--linear", "x",
+            "--features", "z1", "--validation-fraction", "0", "--no-progress",
+            "-o", str(tmp_path / "m.npz"), "--epochs", "2", "--hidden", "4"]
+    assert main(args) == 2
+    assert "column 'y' in 1 row(s), the first at line 9" in _error(capsys)
+    assert main(args + ["--dropna"]) == 0
+    out = capsys.readouterr().out
+    assert "--dropna: dropped 1 of 100 row(s)" in out
+    assert "2 features" in out and "99 training rows" in out
+    assert load(tmp_path / "m.npz").metadata["features"] == ["x", "z1"]
+
+
+def test_panel_fit_and_predict_with_a_categorical_column(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    units = np.repeat(np.arange(30), 6)
+    sector = rng.choice(["farm", "shop", "mill"], size=units.size)
+    bump = {"farm": 1.0, "shop": -1.0, "mill": 0.0}
+    x = rng.normal(size=units.size)
+    y = 2 * x + units * 0.1 + np.array([bump[s] for s in sector]) \
+        + 0.01 * rng.normal(size=units.size)
+    path = tmp_path / "panel.csv"
+    path.write_text("id,x,sector,y\n" + "".join(
+        f"{u},{a:.8f},{s},{b:.8f}\n" for u, a, s, b in zip(units, x, sector, y)))
+    model = tmp_path / "m.npz"
+    base = ["fit", str(path), "--target", "y", "--entity", "id", "--validation-fraction", "0",
+            "--no-progress", "-o", str(model), "--epochs", "2", "--hidden", "4"]
+    assert main(base + ["--linear", "sector", "--categorical", "sector"]) == 2
+    assert "also in --linear" in _error(capsys)
+    assert main(base + ["--linear", "x", "--categorical", "sector"]) == 0
+    assert "network 3 → 4 → 1" in capsys.readouterr().out
+    meta = load(model).metadata
+    assert meta["categorical"] == {"sector": ["farm", "mill", "shop"]}
+    new = tmp_path / "new.csv"
+    new.write_text("id,x,sector\n1,0.5,farm\n2,0.1,mill\n")
+    assert main(["predict", str(model), str(new)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    new.write_text("id,x,sector\n1,0.5,mine\n")
+    assert main(["predict", str(model), str(new)]) == 2
+    assert "level(s) not seen in training" in _error(capsys)

@@ -13,6 +13,9 @@ import bnmat
 from bnmat import BNMLPClassifier, BNMLPRegressor, PanelBNMLPRegressor, optim
 from bnmat.layers._mlp import Scaling, fit_scaling
 
+# Short fits are the point of several tests here, not convergence.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 
 def _data(n=400, seed=0):
     rng = np.random.default_rng(seed)
@@ -296,3 +299,79 @@ def test_chunked_population_statistics_and_validation_match_one_pass():
     one = bnmat.fit(net, params, state, x, y, **kw)
     many = bnmat.fit(net, params, state, x, y, validation_batch_size=10, **kw)
     np.testing.assert_allclose(many.history["val_loss"], one.history["val_loss"], rtol=1e-12)
+    with pytest.raises(ValueError, match="validation_batch_size"):
+        bnmat.fit(net, params, state, x, y, validation_batch_size=0, **kw)
+
+
+# ------------------------------------------------------------- dependencies, docs
+def test_estimators_without_scikit_learn_say_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import bnmat\n"
+            "bnmat.fit, bnmat.load\n"                       # the rest works
+            "try:\n    bnmat.BNMLPRegressor\n"
+            "except ImportError as e:\n    print(type(e).__name__, '|', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ImportError |")
+    assert "pip install 'bnmat[sklearn]'" in out.stdout
+    assert "ModuleNotFoundError" not in out.stdout + out.stderr
+
+
+def test_first_readme_command_installs_what_bnmat_fit_shows():
+    # The README's first command is `pip install -e . && bnmat fit`: its progress bar
+    # (tqdm), its --plot (matplotlib) and its CSV reader (pandas) must be required.
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    names = set(re.findall(r'"([A-Za-z0-9_.-]+)', deps))
+    assert {"tqdm", "matplotlib", "pandas"} <= names
+
+
+def test_batchnorm_layer_with_eps_zero_is_exact_and_names_a_constant_column():
+    # docs/networks.md §3 says what the layer does with eps = 0.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3))
+    net = bnmat.Sequential([bnmat.BatchNorm(eps=0.0, ddof=1)])
+    params, state = net.init(x, seed=0)
+    y = np.asarray(net.forward(params, state, x, training=True)[0])
+    np.testing.assert_allclose(y, (x - x.mean(0)) / x.std(0, ddof=1), rtol=1e-12)
+    x[:, 1] = 2.0
+    with pytest.raises(ValueError, match="column 1"):
+        net.forward(params, state, x, training=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity", "leaky_relu",
+                                        "softplus"])
+def test_folded_chunked_prediction_equals_net_predict(activation):
+    # bnmat predict folds each inference batch norm into the dense layer before it;
+    # the oracle is the network's own predict (separate Dense, BatchNorm, activation).
+    from bnmat.cli._chunked import predict_chunked
+    from bnmat.layers._mlp import build_mlp
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1000, 4))
+    net = build_mlp([8, 6], activation, 2)
+    params, state = net.init(x, seed=0)
+    params = [{k: v + 0.3 * rng.normal(size=v.shape) for k, v in layer.items()}
+              for layer in params]
+    state = [dict(d, mean=rng.normal(size=d["mean"].shape),
+                  var=rng.uniform(0.5, 2.0, size=d["var"].shape)) if "mean" in d else d
+             for d in state]
+    expected = np.asarray(net.predict(params, state, x))
+    got = predict_chunked(net, params, state, x, rows=333)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    wrong = [dict(d) for d in state]
+    wrong[1] = dict(wrong[1], var=wrong[1]["var"] * 2)       # the check can fail
+    assert not np.allclose(predict_chunked(net, params, wrong, x), expected)
+
+
+def test_panel_estimator_scales_a_small_target():
+    # Item 1's sibling: the panel estimator shares fit_scaling.
+    x, y = _data(200)
+    model = PanelBNMLPRegressor(hidden_layer_sizes=(8,), effects="none", solver="lbfgs",
+                                max_iter=50, random_state=0).fit(x.astype(np.float32), y * 1e-7)
+    assert model.y_scaling_.scale[0] == pytest.approx(np.std(y * 1e-7), rel=1e-6)
+    assert _r2(y * 1e-7, model.predict(x.astype(np.float32))) > 0.9

@@ -79,11 +79,13 @@ class Table:
     n_rows : int
     """
 
-    def __init__(self, columns, frame, source: str):
+    def __init__(self, columns, frame, source: str, reread=None):
         self.columns = tuple(columns)
         self.frame = frame
         self.source = source
         self.n_rows = int(frame.shape[0])
+        # reread(name) -> the column as text, one cell per row of the file
+        self._reread = reread
 
     @property
     def rows(self) -> range:
@@ -100,14 +102,22 @@ class Table:
         return self.frame[name]
 
     def column(self, name: str) -> list:
-        """The cells of column ``name`` as text, a list of N strings ("" where missing).
+        """The cells of column ``name`` as text, exactly as written ("" where missing).
 
-        Numbers read as numbers come back in their shortest text form; read a
-        column with ``text_columns`` to keep it exactly as written ("01").
+        A column parsed as numbers is read again from the file as text (so
+        "01" and "1" stay two labels); list label columns in ``text_columns``
+        to read them as text once.
+
+        Returns
+        -------
+        list of str, length N
         """
         col = self._series(name)
         if col.dtype.kind in "fiub":
-            return ["" if v != v else str(v) for v in col.tolist()]
+            if self._reread is None:
+                return ["" if v != v else str(v) for v in col.tolist()]
+            # Read as numbers, "01" and "1" would be one value: read the text again.
+            col = self._reread(name).loc[self.frame.index]
         return [v if isinstance(v, str) else "" for v in col.tolist()]
 
     def is_text(self, name: str) -> bool:
@@ -120,7 +130,8 @@ class Table:
 
     def take(self, keep) -> "Table":
         """The table with the rows where ``keep`` (bool, shape (N,)) is True; lines kept."""
-        return Table(self.columns, self.frame[np.asarray(keep, dtype=bool)], self.source)
+        return Table(self.columns, self.frame[np.asarray(keep, dtype=bool)], self.source,
+                     self._reread)
 
     def numeric(self, names: Sequence[str], *, what: str = "column") -> np.ndarray:
         """The columns ``names`` as float64.
@@ -293,13 +304,16 @@ def read_table(path, *, source: str | None = None, usecols=None, text_columns=()
         wanted = set(usecols)
         usecols = [c for c in columns if c in wanted]
     text = {c: str for c in text_columns if usecols is None or c in usecols}
+    options = dict(sep=sep, decimal=decimal, header=0, names=columns, na_values=_EXTRA_MISSING,
+                   keep_default_na=True, skipinitialspace=True, encoding="utf-8-sig",
+                   engine="c", compression="gzip" if path.suffix == ".gz" else None,
+                   skip_blank_lines=True)
+
+    def reread(name):
+        return pd.read_csv(path, usecols=[name], dtype=str, **options)[name]
+
     try:
-        frame = pd.read_csv(
-            path, sep=sep, decimal=decimal, header=0, names=columns, usecols=usecols,
-            dtype=text or None, na_values=_EXTRA_MISSING, keep_default_na=True,
-            skipinitialspace=True, encoding="utf-8-sig", engine="c",
-            compression="gzip" if path.suffix == ".gz" else None, skip_blank_lines=True,
-        )
+        frame = pd.read_csv(path, usecols=usecols, dtype=text or None, **options)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{source}: not a UTF-8 text file ({exc.reason})") from None
     except pd.errors.EmptyDataError:
@@ -312,7 +326,7 @@ def read_table(path, *, source: str | None = None, usecols=None, text_columns=()
             raise ValueError(f"{source}, line {m.group(2)}: {m.group(3)} cells, but the "
                              f"header has {m.group(1)} columns") from None
         raise ValueError(f"{source}: not a valid CSV file ({msg})") from None
-    return Table(columns, frame, source)
+    return Table(columns, frame, source, reread)
 
 
 class WagePanel(NamedTuple):

@@ -9,15 +9,36 @@ a time and give the same numbers up to rounding.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .. import ops
 from ..layers import BatchNorm, Sequential
 
-__all__ = ["CHUNK_ROWS", "predict_chunked", "population_statistics_chunked"]
+__all__ = ["CHUNK_ROWS", "one_blas_thread", "predict_chunked", "population_statistics_chunked"]
 
-#: Rows per chunk: 16384 rows × 64 units × 8 bytes = 8 MiB per array.
-CHUNK_ROWS = 16384
+#: Rows per chunk: 8192 rows × 64 units × 8 bytes = 4 MiB per array.
+CHUNK_ROWS = 8192
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the block with one BLAS thread (threadpoolctl), then restore the setting.
+
+    The products of mini-batches and row chunks are small (8192 × 64 × 64 is
+    3e7 flops): splitting them over threads gains little, and on a machine
+    whose cores are busy OpenBLAS's threads wait for each other at every
+    product — 19 ms per product measured on a shared 2-core machine, against
+    0.1–0.8 ms with one thread (``benchmarks/csv_io.py``, docs/cli.md).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                 # pragma: no cover - a required dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _chunks(n: int, rows: int):
@@ -27,6 +48,17 @@ def _chunks(n: int, rows: int):
 def predict_chunked(net, params, state, x, rows: int = CHUNK_ROWS) -> np.ndarray:
     """``net.predict(params, state, x)`` (inference mode), a chunk of ``rows`` rows at a time.
 
+    For the command line's networks (:func:`bnmat._mlp.build_mlp`: a flat
+    ``Sequential`` of Dense, BatchNorm and activation layers) each batch norm
+    is folded into the dense layer before it, since in inference mode it is an
+    affine map per column::
+
+        BN(X W + 1bᵀ) = X W diag(s) + 1 (β + (b − m) ∘ s)ᵀ,   s = γ ∘ (v + ε)^(−1/2)
+
+    so a chunk costs one product, one bias and one activation per layer. The
+    result equals ``net.predict`` up to rounding (the product is taken with the
+    scaled weights). Other networks are run as they are.
+
     Parameters
     ----------
     x : ndarray, shape (N, p)
@@ -35,8 +67,67 @@ def predict_chunked(net, params, state, x, rows: int = CHUNK_ROWS) -> np.ndarray
     -------
     ndarray, shape (N, k)
     """
-    parts = [np.asarray(net.predict(params, state, x[s])) for s in _chunks(x.shape[0], rows)]
-    return np.concatenate(parts, axis=0)
+    with one_blas_thread():
+        return _predict_chunked(net, params, state, x, rows)
+
+
+def _predict_chunked(net, params, state, x, rows):
+    folded = _fold(net, params, state)
+    if folded is None:
+        parts = [np.asarray(net.predict(params, state, x[s]))
+                 for s in _chunks(x.shape[0], rows)]
+        return np.concatenate(parts, axis=0)
+    out = None
+    for s in _chunks(x.shape[0], rows):
+        h = np.asarray(x[s], dtype=folded[0][0].dtype)
+        for w, b, act in folded:
+            h = h @ w
+            h += b
+            if act is not None:
+                h = act(h)
+        if out is None:
+            out = np.empty((x.shape[0], h.shape[1]), dtype=h.dtype)
+        out[s] = h
+    return out
+
+
+def _fold(net, params, state):
+    """``[(w, b, activation), ...]`` with every batch norm folded into the dense layer
+    before it; None when ``net`` is not a flat Sequential of those layers."""
+    from ..layers import Dense
+
+    if not isinstance(net, Sequential):
+        return None
+    out, i, layers = [], 0, net.layers
+    while i < len(layers):
+        layer = layers[i]
+        if not isinstance(layer, Dense):
+            return None
+        w = np.asarray(params[i]["w"])
+        b = np.asarray(params[i]["b"]) if layer.bias else np.zeros(w.shape[1], w.dtype)
+        i += 1
+        if i < len(layers) and isinstance(layers[i], BatchNorm):
+            bn, p, st = layers[i], params[i], state[i]
+            scale = np.asarray(p["gamma"]) / np.sqrt(np.asarray(st["var"]) + bn.eps)
+            w, b = w * scale, (b - np.asarray(st["mean"])) * scale + np.asarray(p["beta"])
+            i += 1
+        act = None
+        if i < len(layers) and not isinstance(layers[i], (Dense, BatchNorm)):
+            act = _activation(layers[i], params[i], state[i])
+            if act is None:
+                return None
+            i += 1
+        out.append((w.astype(np.asarray(params[0]["w"]).dtype), b.astype(w.dtype), act))
+    return out
+
+
+def _activation(layer, params, state):
+    """An elementwise function for an activation layer (in place for ReLU)."""
+    if getattr(layer, "population_state", None) is not None or params or state:
+        return None
+    if type(layer).__name__ == "ReLU":
+        return lambda h: np.maximum(h, 0, out=h)
+    return lambda h: np.asarray(layer.forward(params, state, h, training=False)[0])
 
 
 def population_statistics_chunked(net, params, state, x, rows: int = CHUNK_ROWS):
@@ -64,7 +155,11 @@ def population_statistics_chunked(net, params, state, x, rows: int = CHUNK_ROWS)
         from ..train import population_statistics
 
         return population_statistics(net, params, state, x, batch_size=rows)
-    state = list(state)
+    with one_blas_thread():
+        return _population_statistics_chunked(net, params, list(state), x, rows)
+
+
+def _population_statistics_chunked(net, params, state, x, rows):
     n = x.shape[0]
     for k, layer in enumerate(net.layers):
         if not isinstance(layer, BatchNorm):

@@ -14,8 +14,6 @@ Regression only (a numeric target); classification and panel models
 
 from __future__ import annotations
 
-import csv
-import gzip
 import sys
 import traceback
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from .. import optim, train
 from ..layers._mlp import Scaling, build_mlp
 from ._common import UsageError
-from ..datasets import MISSING, WAGE_PANEL_DROP, Table, wage_panel_path
+from ..datasets import WAGE_PANEL_DROP, read_table, wage_panel_path
 
 __all__ = ["run_fit_distributed", "read_slice"]
 
@@ -33,9 +31,11 @@ __all__ = ["run_fit_distributed", "read_slice"]
 def read_slice(path, rank: int, size: int, *, source: str | None = None):
     """The header and rank ``rank``'s share of the data rows of a CSV file.
 
-    Blank lines are skipped and every row's cell count is checked, as in
-    :func:`bnmat.datasets.read_table`; the rows are counted in a first pass
-    and only the slice ``[⌊rN/K⌋, ⌊(r+1)N/K⌋)`` is kept in the second.
+    Every rank parses the file with :func:`bnmat.datasets.read_table` (pandas'
+    C reader, the same checks as one process) and keeps the rows
+    ``[⌊rN/K⌋, ⌊(r+1)N/K⌋)``; memory beyond the slice is freed when this
+    returns. (Reading only the slice's bytes is left for files that do not
+    fit on one machine; see docs/scaling.md.)
 
     Returns
     -------
@@ -44,33 +44,12 @@ def read_slice(path, rank: int, size: int, *, source: str | None = None):
     lo, n : int
         Index of the slice's first row among all rows, and N.
     """
-    path = Path(path)
-    source = source or str(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-
-    def rows():
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or not any(c.strip() for c in header):
-                raise ValueError(f"{source}: the file is empty; expected a header row")
-            yield tuple(c.strip() for c in header)
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(header):
-                    raise ValueError(f"{source}, line {reader.line_num}: {len(row)} cells, but "
-                                     f"the header has {len(header)} columns")
-                yield tuple(row)
-
-    it = rows()
-    next(it)
-    n = sum(1 for _ in it)
+    table = read_table(path, source=source)
+    n = table.n_rows
     lo, hi = rank * n // size, (rank + 1) * n // size
-    it = rows()
-    columns = next(it)
-    kept = [row for i, row in enumerate(it) if lo <= i < hi]
-    return Table(columns=columns, rows=kept, source=source), lo, n
+    keep = np.zeros(n, dtype=bool)
+    keep[lo:hi] = True
+    return table.take(keep), lo, n
 
 
 def _reducer():
@@ -94,13 +73,22 @@ def run_fit_distributed(args) -> int:
 
 
 def _global_scaling(red, x_local) -> Scaling:
-    """:func:`bnmat.layers._mlp.fit_scaling` of the rows of all ranks (exact two-pass moments)."""
+    """:func:`bnmat.layers._mlp.fit_scaling` of the rows of all ranks (exact two-pass moments).
+
+    As there, a column is constant (scale 1) only when all its values are equal
+    on every rank; there is no absolute floor.
+    """
     from ..layers._sync import sync_moments
 
     _, mean, var = sync_moments(red, [x_local], 0)
     scale = np.sqrt(var)
-    tiny = 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
-    return Scaling(mean=mean, scale=np.where(scale <= tiny, 1.0, scale))
+    p = x_local.shape[1]
+    local = np.full((2, p), -np.inf)
+    if x_local.shape[0]:
+        local = np.stack([np.max(x_local, axis=0), -np.min(x_local, axis=0)])
+    top = red.allreduce_max(local)
+    constant = top[0] == -top[1]
+    return Scaling(mean=mean, scale=np.where(constant | ~(scale > 0), 1.0, scale))
 
 
 def _global_r2(red, y, y_hat) -> float:
@@ -143,7 +131,7 @@ def _run(args, red) -> int:
         raise UsageError(f"{table.source}: no feature columns left besides the target")
     if n == 0:
         raise UsageError(f"{table.source}: the file has a header but no rows")
-    if any(c.strip().lower() in MISSING for c in table.column(target)):
+    if table.missing([target]).any():
         raise UsageError(f"{table.source}: the target {target!r} has a missing value")
     x = table.numeric(features, what="feature column")
     y = table.numeric([target], what="target column")

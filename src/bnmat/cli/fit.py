@@ -24,7 +24,8 @@ import numpy as np
 
 from ..datasets import WAGE_PANEL_DROP, _decimal_hint, read_table, table_columns, wage_panel_path
 from ..layers._mlp import Scaling, build_mlp, fit_scaling
-from ._chunked import CHUNK_ROWS, population_statistics_chunked, predict_chunked
+from ._chunked import (CHUNK_ROWS, one_blas_thread, population_statistics_chunked,
+                       predict_chunked)
 from ._common import UsageError
 
 __all__ = ["run_fit", "run_predict"]
@@ -376,13 +377,14 @@ def _run_fit_plain(args) -> int:
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
         batch = min(args.batch_size or 200, len(tr))
-        result = train.fit(
-            net, params, state, xs_tr, ys_tr, loss=loss, optimizer=optimizer,
-            epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,
-            early_stopping=args.early_stopping is not None,
-            patience=args.early_stopping or 10, seed=args.seed, progress=not args.no_progress,
-            population_stats=False, validation_batch_size=CHUNK_ROWS,
-        )
+        with one_blas_thread():   # mini-batch products are small: see bnmat._chunked
+            result = train.fit(
+                net, params, state, xs_tr, ys_tr, loss=loss, optimizer=optimizer,
+                epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,
+                early_stopping=args.early_stopping is not None,
+                patience=args.early_stopping or 10, seed=args.seed, progress=not args.no_progress,
+                population_stats=False, validation_batch_size=CHUNK_ROWS,
+            )
     params, state = result.params, result.state
     best_epoch, stopped = result.best_epoch, result.stopped_early
     try:

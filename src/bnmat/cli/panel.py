@@ -210,7 +210,7 @@ def _within_r2(model, x, y, ent, per, rows) -> float:
 def run_fit_panel(args) -> int:
     """``bnmat fit --entity COL``: a fixed-effects network; metrics, coefficients, model file."""
     from .fit import (_fmt_metric, _json_float, _load_training_table, _plot,
-                      apply_missing_policy)
+                      apply_missing_policy, design_matrix)
 
     if args.classify:
         raise UsageError("--classify cannot be used with --entity: panel models are "
@@ -220,9 +220,11 @@ def run_fit_panel(args) -> int:
         raise UsageError("--effects twoway needs --time COL (the column of periods)")
     holdout = _holdout(args)
 
-    if args.categorical:
-        raise UsageError("--categorical is not available with --entity yet: encode the "
-                         "categories as 0/1 columns first")
+    both = [c for c in args.categorical if c in args.linear]
+    if both:
+        raise UsageError(f"--categorical {both[0]!r} is also in --linear: categorical columns "
+                         "enter the network (their one-hot columns sum to one, which the unit "
+                         "effects absorb)")
     table, target, drop, _, label = _load_training_table(args)
     if not table.rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
@@ -232,13 +234,13 @@ def run_fit_panel(args) -> int:
     if table.n_rows == 0:
         raise UsageError(f"{table.source}: no rows are left after --dropna")
     # Parse every cell now, so that an error names its line in the whole file.
-    x = table.numeric(features, what="feature column")
+    x, inputs, levels = design_matrix(table, features, {c: [] for c in args.categorical})
     y = table.numeric([target], what="target column")[:, 0]
     ent = _labels(table, entity, "--entity")
     per = _labels(table, time, "--time") if time else None
     tr, va, held = _split_panel(holdout, args.validation_fraction, args.seed, ent, per, time)
 
-    network = [c for c in features if c not in linear]
+    network = [c for c in inputs if c not in linear]
     shape = ("no network (every feature is linear): the linear within regression, solved "
              "by least squares" if not network else
              f"network {' → '.join(str(w) for w in [len(network), *args.hidden, 1])} "
@@ -253,7 +255,7 @@ def run_fit_panel(args) -> int:
     sys.stdout.flush()
 
     model = _fit(args, x[tr], y[tr], ent[tr], None if per is None else per[tr], effects,
-                 linear, features, entity)
+                 linear, inputs, entity)
 
     r2_train = _within_r2(model, x, y, ent, per, tr)
     r2_val = _within_r2(model, x, y, ent, per, va)
@@ -290,7 +292,7 @@ def run_fit_panel(args) -> int:
     metadata = {
         "bnmat_cli_panel": PANEL_CLI_FORMAT,
         "entity": entity, "time": time, "target": target,
-        "features": features, "linear": linear, "dropped": drop,
+        "features": features, "linear": linear, "dropped": drop, "categorical": levels,
         "holdout": holdout if va.size else None,
         "training_rows": int(tr.size), "validation_rows": int(va.size),
         "metrics": {"name": "within_r2", "train": _json_float(r2_train),
@@ -336,7 +338,10 @@ def run_predict_panel(args, meta) -> int:
 
     table = read_table(args.data, text_columns=[c for c in (entity, time) if c],
                        sep=args.sep, decimal=args.decimal)
-    features = list(model.feature_names)
+    levels = dict(meta.get("categorical") or {})
+    # With categorical columns the model's inputs are their one-hot columns; the
+    # file has the columns themselves.
+    features = list(meta["features"]) if levels else list(model.feature_names)
     needed = features + [entity] + ([time] if model.effects == "twoway" else [])
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -351,7 +356,12 @@ def run_predict_panel(args, meta) -> int:
                              f"{', '.join(features)} with --entity {entity!r}")
     if not table.rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
-    x = table.numeric(features, what="feature column")
+    if levels:
+        from .fit import design_matrix
+
+        x = design_matrix(table, features, levels)[0]
+    else:
+        x = table.numeric(features, what="feature column")
     ent = _labels(table, entity, "entity")
     per = None
     if time and time in table.columns and model.time_labels is not None:

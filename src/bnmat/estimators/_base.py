@@ -20,7 +20,7 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
-    if exc.name != "sklearn":
+    if (exc.name or "").split(".")[0] != "sklearn":
         raise
     raise ImportError(
         "bnmat's estimators (BNMLPRegressor, BNMLPClassifier, PanelBNMLPRegressor) follow "

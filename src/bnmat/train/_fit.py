@@ -156,6 +156,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
     epochs = positive_int(epochs, "epochs")
     patience = positive_int(patience, "patience")
     batch_size = check_batch_size(batch_size)
+    if validation_batch_size is not None:
+        validation_batch_size = positive_int(validation_batch_size, "validation_batch_size")
     l2 = check_l2(l2)
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0; got {tol!r}")
