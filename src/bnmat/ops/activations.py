@@ -8,7 +8,7 @@ and sigmoid.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .._array_api import Array, as_float, get_namespace
 
@@ -39,6 +39,50 @@ def _check_dy(dy, saved, xp):
     return xp.astype(as_float(dy, "dy", xp), saved.dtype, copy=False)
 
 
+def _sigmoid(x, xp):
+    # exp of a non-positive number never overflows.
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class _Rule(NamedTuple):
+    """One activation: a(B), and G ∘ a′(B) written from what the cache holds."""
+
+    value: Callable      # (x, xp, slope) -> a(x)
+    backward: Callable   # (g, saved, xp, slope) -> G ∘ a′(B)
+    saves: str           # "input" (B) or "output" (H = a(B)): what the cache holds
+
+
+# Masks by xp.where, never bool × float (not portable across array libraries);
+# tanh and sigmoid differentiate from their output, the others from their input.
+_RULES = {
+    "relu": _Rule(lambda x, xp, s: xp.where(x > 0, x, xp.zeros_like(x)),
+                  lambda g, b, xp, s: xp.where(b > 0, g, xp.zeros_like(g)), "input"),
+    "leaky_relu": _Rule(lambda x, xp, s: xp.where(x > 0, x, s * x),
+                        lambda g, b, xp, s: xp.where(b > 0, g, s * g), "input"),
+    "tanh": _Rule(lambda x, xp, s: xp.tanh(x),
+                  lambda g, h, xp, s: g * (1.0 - h * h), "output"),
+    "sigmoid": _Rule(lambda x, xp, s: _sigmoid(x, xp),
+                     lambda g, h, xp, s: g * h * (1.0 - h), "output"),
+    "softplus": _Rule(lambda x, xp, s: (xp.where(x > 0, x, xp.zeros_like(x))
+                                        + xp.log1p(xp.exp(-xp.abs(x)))),
+                      lambda g, b, xp, s: g * _sigmoid(b, xp), "input"),
+    "identity": _Rule(lambda x, xp, s: x, lambda g, b, xp, s: g, "input"),
+}
+
+
+def _forward(name: str, x, slope: float = 0.0):
+    rule = _RULES[name]
+    xp, x = _prepare(x)
+    y = rule.value(x, xp, slope)
+    return y, ActivationCache(y if rule.saves == "output" else x, float(slope))
+
+
+def _backward(name: str, dy, cache):
+    xp = get_namespace(dy, cache.saved)
+    return _RULES[name].backward(_check_dy(dy, cache.saved, xp), cache.saved, xp, cache.slope)
+
+
 def relu_forward(x):
     """ReLU, ``a(B) = max(B, 0)``.
 
@@ -55,8 +99,7 @@ def relu_forward(x):
 
     if _kernels.relu_forward_applies(x):
         return _kernels.relu_forward(x)
-    xp, x = _prepare(x)
-    return xp.where(x > 0, x, xp.zeros_like(x)), ActivationCache(x)
+    return _forward("relu", x)
 
 
 def relu_backward(dy, cache):
@@ -82,9 +125,7 @@ def relu_backward(dy, cache):
 
     if _kernels.relu_backward_applies(dy, cache):
         return _kernels.relu_backward(dy, cache)
-    xp = get_namespace(dy, cache.saved)
-    dy = _check_dy(dy, cache.saved, xp)
-    return xp.where(cache.saved > 0, dy, xp.zeros_like(dy))
+    return _backward("relu", dy, cache)
 
 
 def leaky_relu_forward(x, negative_slope: float = 0.01):
@@ -100,8 +141,7 @@ def leaky_relu_forward(x, negative_slope: float = 0.01):
     y : array, same shape
     cache : ActivationCache (holds x and the slope)
     """
-    xp, x = _prepare(x)
-    return xp.where(x > 0, x, negative_slope * x), ActivationCache(x, float(negative_slope))
+    return _forward("leaky_relu", x, negative_slope)
 
 
 def leaky_relu_backward(dy, cache):
@@ -120,9 +160,7 @@ def leaky_relu_backward(dy, cache):
     -------
     dx : array
     """
-    xp = get_namespace(dy, cache.saved)
-    dy = _check_dy(dy, cache.saved, xp)
-    return xp.where(cache.saved > 0, dy, cache.slope * dy)
+    return _backward("leaky_relu", dy, cache)
 
 
 def tanh_forward(x):
@@ -137,9 +175,7 @@ def tanh_forward(x):
     y : array, same shape
     cache : ActivationCache (holds y)
     """
-    xp, x = _prepare(x)
-    y = xp.tanh(x)
-    return y, ActivationCache(y)
+    return _forward("tanh", x)
 
 
 def tanh_backward(dy, cache):
@@ -158,10 +194,7 @@ def tanh_backward(dy, cache):
     -------
     dx : array
     """
-    xp = get_namespace(dy, cache.saved)
-    dy = _check_dy(dy, cache.saved, xp)
-    h = cache.saved
-    return dy * (1.0 - h * h)
+    return _backward("tanh", dy, cache)
 
 
 def sigmoid_forward(x):
@@ -176,15 +209,7 @@ def sigmoid_forward(x):
     y : array, same shape
     cache : ActivationCache (holds y)
     """
-    xp, x = _prepare(x)
-    y = _sigmoid(x, xp)
-    return y, ActivationCache(y)
-
-
-def _sigmoid(x, xp):
-    # exp of a non-positive number never overflows.
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return _forward("sigmoid", x)
 
 
 def sigmoid_backward(dy, cache):
@@ -203,10 +228,7 @@ def sigmoid_backward(dy, cache):
     -------
     dx : array
     """
-    xp = get_namespace(dy, cache.saved)
-    dy = _check_dy(dy, cache.saved, xp)
-    h = cache.saved
-    return dy * h * (1.0 - h)
+    return _backward("sigmoid", dy, cache)
 
 
 def softplus_forward(x):
@@ -221,9 +243,7 @@ def softplus_forward(x):
     y : array, same shape
     cache : ActivationCache (holds x)
     """
-    xp, x = _prepare(x)
-    y = xp.where(x > 0, x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
-    return y, ActivationCache(x)
+    return _forward("softplus", x)
 
 
 def softplus_backward(dy, cache):
@@ -242,9 +262,7 @@ def softplus_backward(dy, cache):
     -------
     dx : array
     """
-    xp = get_namespace(dy, cache.saved)
-    dy = _check_dy(dy, cache.saved, xp)
-    return dy * _sigmoid(cache.saved, xp)
+    return _backward("softplus", dy, cache)
 
 
 def identity_forward(x):
@@ -259,8 +277,7 @@ def identity_forward(x):
     y : array, the same values
     cache : ActivationCache (holds x, for its shape)
     """
-    _, x = _prepare(x)
-    return x, ActivationCache(x)
+    return _forward("identity", x)
 
 
 def identity_backward(dy, cache):
@@ -275,8 +292,7 @@ def identity_backward(dy, cache):
     -------
     dx : array
     """
-    xp = get_namespace(dy, cache.saved)
-    return _check_dy(dy, cache.saved, xp)
+    return _backward("identity", dy, cache)
 
 
 #: name -> (forward, backward); leaky_relu takes ``negative_slope`` as a keyword.
