@@ -428,3 +428,53 @@ def test_inference_errors():
                                           {k: v for k, v in stats._asdict().items()
                                            if k != "pooled_var"})
     assert isinstance(stats, GroupStatistics)
+
+
+def _unseen_heard_while_another_thread_is_quiet(quiet, predict):
+    """Run ``predict`` here while another thread sits inside ``quiet()``; return what we heard."""
+    import threading
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def quiet_thread():
+        with quiet():
+            predict()
+            inside.set()
+            leave.wait(10)
+
+    worker = threading.Thread(target=quiet_thread)
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        worker.start()
+        try:
+            assert inside.wait(10)
+            predict()
+        finally:
+            leave.set()
+            worker.join(10)
+    return [w for w in heard if issubclass(w.category, UnseenGroupWarning)]
+
+
+def test_quieting_unseen_groups_is_local_to_the_thread():
+    from bnmat.ops.group_batchnorm_inference import quiet_unseen_groups
+
+    x, labels, gamma, beta, _ = make_case((4, 5, 3), 2, seed=16)
+    stats = group_statistics(group_batchnorm_forward(x, labels, gamma, beta)[1])
+
+    def predict():
+        return group_batchnorm_inference_forward(x[:3], np.full(3, 999), gamma, beta, stats)
+
+    # the quiet thread hears nothing; this one hears its own warning, once
+    heard = _unseen_heard_while_another_thread_is_quiet(quiet_unseen_groups, predict)
+    assert len(heard) == 1 and "999" in str(heard[0].message)
+
+    # The check can fail: quieting by a warnings filter (process-wide) loses it.
+    import contextlib
+
+    @contextlib.contextmanager
+    def quiet_by_filter():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnseenGroupWarning)
+            yield
+
+    assert _unseen_heard_while_another_thread_is_quiet(quiet_by_filter, predict) == []

@@ -26,13 +26,12 @@ that concerns.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets import MISSING
-from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from ..ops.group_batchnorm_inference import quiet_unseen_groups
 from ..panel._inputs import canonical_integers, label_codes
 from ..panel.model import SmallGroupsError, fit_panel, within_r2_score
 from ..panel.table import load_panel_model, save_panel_model
@@ -178,10 +177,9 @@ def _fit(args, x, y, ent, per, effects, linear, features, entity_name):
         options.update(early_stopping=True, patience=args.early_stopping,
                        validation_fraction=args.validation_fraction)
     try:
-        with warnings.catch_warnings():
-            # early stopping with --group-batchnorm scores its held-out units with the
-            # pooled statistics; the documentation says so, once is not news here.
-            warnings.simplefilter("ignore", UnseenGroupWarning)
+        # early stopping with --group-batchnorm scores its held-out units with the
+        # pooled statistics; the documentation says so, once is not news here.
+        with quiet_unseen_groups():
             return fit_panel(x, y, ent, per, effects=effects, linear_features=linear,
                              feature_names=features, **options)
     except SmallGroupsError as exc:
@@ -193,8 +191,7 @@ def _fit(args, x, y, ent, per, effects, linear, features, entity_name):
 
 def _predict(model, x, ent, per):
     """``model.predict`` without the unseen-unit warning (the caller reports new units)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnseenGroupWarning)
+    with quiet_unseen_groups():
         return model.predict(x, ent, per)
 
 

@@ -8,8 +8,10 @@ rows of unseen groups use the pooled statistics, with an
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +25,7 @@ __all__ = [
     "GroupStatistics",
     "GroupBatchNormInferenceCache",
     "UnseenGroupWarning",
+    "quiet_unseen_groups",
     "group_statistics",
     "group_batchnorm_inference_forward",
     "group_batchnorm_inference_backward",
@@ -31,6 +34,28 @@ __all__ = [
 
 class UnseenGroupWarning(UserWarning):
     """Rows of groups without stored statistics were normalized with pooled ones."""
+
+
+# Whether UnseenGroupWarning is silenced here. A context variable, not a
+# warnings filter: warnings.catch_warnings() changes the process-wide filters,
+# so in one thread it would hide (or, on exit, restore over) other threads'
+# warnings; a context variable is local to the thread (and asyncio task).
+_QUIET = contextvars.ContextVar("bnmat_quiet_unseen_groups", default=False)
+
+
+@contextmanager
+def quiet_unseen_groups():
+    """Within this block (in this thread only), no :class:`UnseenGroupWarning`.
+
+    For callers that report unseen groups themselves (by label, once) or that
+    score held-out groups on purpose every epoch. Other warnings, and other
+    threads, are not affected.
+    """
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 class GroupStatistics(NamedTuple):
@@ -160,7 +185,7 @@ def group_batchnorm_inference_forward(x, groups, gamma, beta, stats, *, eps: flo
     labels, table_mean, table_var = _stored(stats, p, x.dtype, eps)
     position = _match(index.labels, labels)
     unseen = np.flatnonzero(position == labels.shape[0])
-    if unseen.size:
+    if unseen.size and not _QUIET.get():
         shown = ", ".join(repr(_label(index.labels, k)) for k in unseen[:5])
         more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
         warnings.warn(

@@ -52,7 +52,7 @@ from ._inputs import (
     resolve_columns, check_finite_rows,
 )
 from ..layers import partially_linear, tree_leaves
-from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from ..ops.group_batchnorm_inference import UnseenGroupWarning, quiet_unseen_groups
 from .._segments import demean, recover_effects
 
 __all__ = ["PanelModel", "fit_panel", "within_r2_score", "EFFECTS", "NotIdentifiedError",
@@ -194,8 +194,7 @@ class PanelModel(NamedTuple):
                     f"training ({shown}{more}) are normalized with the pooled statistics",
                     UnseenGroupWarning, stacklevel=3)
             kw["groups"] = codes
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnseenGroupWarning)   # reported above, by label
+        with quiet_unseen_groups():   # reported above, by label
             z = np.asarray(self.net.predict(self.params, self.state,
                                             xs.astype(dtype, copy=False), **kw))
         return (z[:, 0] * self.y_scaling.scale[0]).astype(np.float64)
@@ -497,8 +496,7 @@ def _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split, max_ite
 
     def watch(it, logs):
         st = train.population_statistics(net, logs["params"], state, x_tr, groups=g_tr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnseenGroupWarning)
+        with quiet_unseen_groups():
             value = train.loss_value(net, logs["params"], st, x_va, y_va, loss, groups=g_va)
         val_curve.append(float(value))
         if value < best["loss"] - tol:
@@ -549,8 +547,7 @@ def _select(model, x, y, entity, time, effects, factors, lin, nn, names, split):
     cols = tuple(lin) + identified_columns(x[tr], f_tr, [j for j in nn if j not in lin], names)
     linear = fit_panel(x[tr], y[tr], take(entity), take(time), effects=effects,
                        linear_features=list(cols), network_features=[], feature_names=names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnseenGroupWarning)
+    with quiet_unseen_groups():
         # The held-out units' effects are unknown to both models and cancel in the within loss.
         sq_net = _within_sq_residuals(y[va], model.predict(x[va], held(entity), held(time)),
                                       held(entity), held(time), effects)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 
-from ..ops.group_batchnorm_inference import UnseenGroupWarning
+from ..ops.group_batchnorm_inference import quiet_unseen_groups
 from ..optim import Optimizer, adam
 from ._data import check_batch_size, check_xy, row_chunks, take_rows
 from ._fast import fast_step
@@ -289,10 +289,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                 val_loss = None
                 if has_val:
                     try:
-                        with warnings.catch_warnings():
-                            # Held-out groups are the same every epoch: say so once.
-                            if epoch > 1:
-                                warnings.simplefilter("ignore", UnseenGroupWarning)
+                        # Held-out groups are the same every epoch: say so once.
+                        with quiet_unseen_groups() if epoch > 1 else nullcontext():
                             if w_val is not None:
                                 val_loss = value_and_grad(net, params, state, x_val, y_val,
                                                           loss, training=False,
