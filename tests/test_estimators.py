@@ -259,13 +259,14 @@ def test_early_stopping_records_validation_scores():
     assert len(est.validation_scores_) == est.n_iter_ < 500
     assert est.best_validation_score_ == max(est.validation_scores_)
     assert 0.5 < est.best_validation_score_ <= 1.0
-    assert BNMLPRegressor(**_small()).fit(X, y).validation_scores_ is None
+    assert BNMLPRegressor(**_small(early_stopping=False)).fit(X, y).validation_scores_ is None
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_bn_hyperparameters_reach_the_layers(ddof):
     X, y = _regression()
-    est = BNMLPRegressor(**_small(bn_ddof=ddof, bn_eps=1e-3, bn_decay=0.5)).fit(X, y)
+    est = BNMLPRegressor(**_small(bn_ddof=ddof, bn_eps=1e-3, bn_decay=0.5,
+                                  linear_fallback=False)).fit(X, y)
     bn = est.net_.layers[1]
     assert (bn.ddof, bn.eps, bn.decay) == (ddof, 1e-3, 0.5)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim, train
-from ._mlp import Scaling, build_mlp, fit_scaling
+from ._mlp import Scaling, auto_batch_size, build_mlp, fit_scaling
 from .cli import UsageError
 from .datasets import MISSING, WAGE_PANEL_DROP, read_table, wage_panel_path
 
@@ -196,6 +196,10 @@ def _run_fit_plain(args) -> int:
         classes = None
         y = table.numeric([target], what="target column")
     tr, va = _split(n, args.validation_fraction, args.seed)
+    if args.solver == "auto":
+        from ._mlp import auto_solver
+
+        args.solver = auto_solver(len(tr))
 
     x_scaling = fit_scaling(x[tr])
     if classify:
@@ -212,18 +216,25 @@ def _run_fit_plain(args) -> int:
     widths = " → ".join(str(w) for w in [len(features), *args.hidden, y.shape[1]])
     print(f"bnmat fit: {label}, target {target!r} ({task}"
           f"{f', {len(classes)} classes' if classify else ''}), {len(features)} features")
-    print(f"  {len(tr)} training rows, {len(va)} validation rows; network {widths} "
-          f"(BatchNorm, {args.activation}); solver {args.solver}")
+    exact = not args.hidden and not classify
+    if not args.hidden:
+        shape = ("linear model (no hidden layer), solved by least squares" if exact else
+                 f"linear model (no hidden layer, softmax regression); solver {args.solver}")
+    else:
+        shape = f"network {widths} (BatchNorm, {args.activation}); solver {args.solver}"
+    print(f"  {len(tr)} training rows, {len(va)} validation rows; {shape}")
     sys.stdout.flush()
     validation = (xs[va], ys[va]) if len(va) else None
-    if args.solver == "lbfgs":
+    if exact:
+        result = _least_squares_fit(params, state, xs[tr], ys[tr])
+    elif args.solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs[tr], ys[tr], loss=loss, l2=l2,
                                  max_iter=args.epochs)
     else:
         lr = args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
-        batch = min(args.batch_size or 200, len(tr))
+        batch = min(args.batch_size or auto_batch_size(len(tr)), len(tr))
         result = train.fit(
             net, params, state, xs[tr], ys[tr], loss=loss, optimizer=optimizer,
             epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,
@@ -245,7 +256,8 @@ def _run_fit_plain(args) -> int:
     epochs = len(result.history["loss"])
     unit = "iterations" if args.solver == "lbfgs" else "epochs"
     stop = f" (stopped early, best epoch {result.best_epoch})" if result.stopped_early else ""
-    print(f"after {epochs} {unit}{stop}: training {name} = {_fmt_metric(m_train)}, "
+    done = "least-squares solution" if exact else f"after {epochs} {unit}{stop}"
+    print(f"{done}: training {name} = {_fmt_metric(m_train)}, "
           f"validation {name} = {_fmt_metric(m_val)}")
 
     metadata = {
@@ -274,6 +286,23 @@ def _run_fit_plain(args) -> int:
         _plot(result.history, args.plot, loss, task)
         print(f"loss plot written to {Path(args.plot).resolve()}")
     return 0
+
+
+def _least_squares_fit(params, state, xs, ys) -> train.FitResult:
+    """The network without hidden layers is ``ŷ = X W + 1bᵀ``: its least-squares fit, exactly.
+
+    ``[b; W] = lstsq([1 X], Y)`` in float64 (the training objective's minimizer
+    when ``--alpha`` is 0; with a penalty the minimizer differs by O(α/N),
+    and the exact unpenalized solution is what "the linear model" means).
+    """
+    design = np.column_stack([np.ones(xs.shape[0]), np.asarray(xs, dtype=np.float64)])
+    coef = np.linalg.lstsq(design, np.asarray(ys, dtype=np.float64), rcond=None)[0]
+    layer = dict(params[0])
+    layer["w"] = coef[1:].astype(np.asarray(layer["w"]).dtype)
+    layer["b"] = coef[0].astype(np.asarray(layer["b"]).dtype)
+    loss = float(np.mean((ys - design @ coef) ** 2))
+    return train.FitResult([layer], state, {"epoch": [1], "loss": [loss], "val_loss": []}, 1,
+                           False)
 
 
 def _json_float(v: float):

@@ -206,7 +206,7 @@ class LinearInference(NamedTuple):
                  "-" * len(head), head, "-" * len(head)]
         for j, name in enumerate(self.names):
             lines.append(
-                f"{name:<{width}} {self.coef[j]:>11.4g} {self.stderr[j]:>11.4g} "
+                f"{name:<{width}} {self.coef[j]:>11.6g} {self.stderr[j]:>11.4g} "
                 f"{self.tstat[j]:>8.3f} {self.pvalues[j]:>7.3f} {ci[j, 0]:>11.4g} "
                 f"{ci[j, 1]:>11.4g}")
         lines.append(rule)

@@ -414,7 +414,7 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     elif solver == "lbfgs" and split is not None:
         # An L-BFGS iteration moves further than an epoch's worth of noise-free steps
         # and its held-out loss plateaus before falling again: wait 5× longer.
-        result = _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split,
+        result = lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split,
                                  int(max_iter), float(tol), 5 * int(patience))
     elif solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs, ys, loss=loss, l2=l2,
@@ -433,6 +433,11 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
             shuffle=bool(shuffle), progress=bool(progress), groups=groups,
         )
 
+    if nn and early_stopping:
+        # Trained without the held-out units: their rows (and, with group-wise
+        # batch norm, their own statistics) join the stored statistics now.
+        result = result._replace(state=train.population_statistics(
+            net, result.params, result.state, xs, batch_size=batch_size, groups=groups))
     history = dict(result.history)
     history["selected"] = "network" if nn else "linear"
     model = PanelModel(
@@ -482,9 +487,15 @@ def _held_out_rows(split, ent_codes, n, fraction, seed):
     return split if split is not None else _unit_split(ent_codes, n, fraction, seed)
 
 
-def _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split, max_iter, tol,
+def lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split, max_iter, tol,
                     patience) -> train.FitResult:
-    """L-BFGS on the training units, stopped on the held-out units' within loss."""
+    """L-BFGS on the training rows, stopped on the held-out rows' loss; the best iterate.
+
+    ``split = (train rows, held-out rows)`` (whole units for panels);
+    ``groups`` (None or a list of factors) is split along. Returns a
+    :class:`bnmat.train.FitResult` with the held-out losses in
+    ``history["val_loss"]`` and the statistics of the training rows.
+    """
     from .train._groups import take_factors
 
     tr, va = split

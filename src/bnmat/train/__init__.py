@@ -18,7 +18,7 @@ factors such as ``(unit, period)``). Layers that read labels
 mini-batches are made of whole groups of the first factor.
 """
 
-from ._fit import DivergenceError, FitResult, fit
+from ._fit import DivergenceError, FitResult, StallWarning, fit
 from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
 from ._lbfgs import fit_lbfgs
 from ._statistics import population_statistics
@@ -33,5 +33,6 @@ __all__ = [
     "fit_lbfgs",
     "FitResult",
     "DivergenceError",
+    "StallWarning",
     "WITHIN_LOSSES",
 ]

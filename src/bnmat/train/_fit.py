@@ -19,7 +19,7 @@ from ._grad import check_l2, resolve_loss, loss_value, value_and_grad
 from ._groups import as_factors, for_loss, group_batches, group_holdout, take_factors
 from ._statistics import population_statistics
 
-__all__ = ["fit", "FitResult", "DivergenceError"]
+__all__ = ["fit", "FitResult", "DivergenceError", "StallWarning"]
 
 _DROP_LAST = ("merge", "drop", "keep")
 
@@ -50,6 +50,17 @@ class FitResult(NamedTuple):
     history: dict
     best_epoch: int
     stopped_early: bool
+
+
+class StallWarning(UserWarning):
+    """Training stopped on a stalled training loss that was still falling in every epoch.
+
+    Early stopping without validation data stops when the loss has not
+    improved by ``tol`` for ``patience`` epochs. If the loss nevertheless
+    fell in each of those epochs, the optimizer was moving slowly, not
+    converged (typically too few steps per epoch or too small a learning
+    rate): the result may be far from a minimum.
+    """
 
 
 class DivergenceError(ValueError):
@@ -119,6 +130,19 @@ class _Progress:
 
 
 # ----------------------------------------------------------------- fit
+def _warn_if_still_falling(losses, patience, tol, epoch) -> None:
+    """A :class:`StallWarning` when each of the last ``patience`` epochs lowered the loss."""
+    window = np.asarray(losses[-(patience + 1):], dtype=np.float64)
+    if window.size == patience + 1 and np.all(np.diff(window) < 0):
+        drop = float(window[0] - window[-1])
+        warnings.warn(
+            f"training stopped at epoch {epoch} because the training loss improved by less "
+            f"than tol={tol:g} per epoch for {patience} epochs, but it fell in every one of "
+            f"them (by {drop:.3g} in all): it was still descending slowly and may be far from "
+            "a minimum. Use more steps per epoch (a smaller batch), a larger learning rate, a "
+            "smaller tol, or full-batch L-BFGS", StallWarning, stacklevel=3)
+
+
 def _all_finite(tree) -> bool:
     for leaf in tree_leaves(tree):
         xp = get_namespace(leaf)
@@ -363,6 +387,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                     break
                 if early_stopping and wait >= patience:
                     stopped_early = True
+                    if not has_val:
+                        _warn_if_still_falling(history["loss"], patience, tol, epoch)
                     break
     finally:
         bar.close()
