@@ -371,12 +371,14 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
     standardize_y : bool, default True
         Fit the network to ``(y − mean)/sd`` and transform predictions back.
     linear_fallback : bool, default True
-        With ``early_stopping`` and hidden layers: also fit least squares on
-        the same training rows, and keep it (refitted on all rows) unless the
-        network's squared error on the held-out rows is lower by more than
-        the standard error of the difference (the one-standard-error rule).
-        On small tabular data this keeps the default from losing to a linear
-        model. ``selected_`` says which was kept.
+        With ``early_stopping`` and hidden layers: also fit a linear model on
+        the same training rows (ridge on the standardized columns, penalty
+        chosen by leave-one-out cross-validation among 10⁻³…10³ as
+        scikit-learn's ``RidgeCV``), and keep it (refitted on all rows) unless
+        the network's squared error on the held-out rows is lower by more
+        than the standard error of the difference (the one-standard-error
+        rule). On small tabular data this keeps the default from losing to a
+        linear model. ``selected_`` says which was kept.
 
     Attributes
     ----------
@@ -403,7 +405,8 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         score only).
     selected_ : {"network", "linear"}
         What ``linear_fallback`` kept; after "linear", ``net_`` is the single
-        Dense layer of least squares.
+        Dense layer of the ridge fit (penalty in ``linear_alpha_``, on the
+        standardized scale).
     validation_gain_t_ : float
         (With ``linear_fallback``.) The network's held-out gain over least
         squares divided by its standard error; the network is kept when > 1.
@@ -518,22 +521,28 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         return self
 
     def _select_linear(self, xs, ys) -> None:
-        """Keep least squares instead of the network unless the network clearly predicts better.
+        """Keep a ridge regression instead of the network unless the network clearly predicts better.
 
         Both are fitted on the training rows and scored on the held-out rows
-        of ``early_stopping``. One-standard-error rule: the network is kept
-        only when its total gain in held-out squared error exceeds the
-        standard error of that sum (held-out rows as independent draws).
-        The linear model is then refitted on all rows.
+        of ``early_stopping``. The linear model is ridge regression on the
+        standardized columns with its penalty chosen by efficient
+        leave-one-out cross-validation on the training rows (scikit-learn's
+        ``RidgeCV``, penalties 10⁻³…10³); least squares is its limit. One-
+        standard-error rule: the network is kept only when its total gain in
+        held-out squared error exceeds the standard error of that sum
+        (held-out rows as independent draws). The linear model is then
+        refitted on all rows (penalty chosen again).
         """
+        from sklearn.linear_model import RidgeCV
+
         rows_tr, rows_val = self._split_rows
+        grid = np.logspace(-3, 3, 13)
 
-        def least_squares(rows):
-            design = np.column_stack([np.ones(rows.size), xs[rows].astype(np.float64)])
-            return np.linalg.lstsq(design, ys[rows].astype(np.float64), rcond=None)[0]
+        def ridge(rows):
+            return RidgeCV(alphas=grid).fit(xs[rows].astype(np.float64),
+                                            ys[rows].astype(np.float64))
 
-        coef = least_squares(rows_tr)
-        lin_val = coef[0] + xs[rows_val] @ coef[1:]
+        lin_val = ridge(rows_tr).predict(xs[rows_val].astype(np.float64)).reshape(ys[rows_val].shape)
         net_val = np.asarray(self.net_.predict(self.params_, self.state_, xs[rows_val]))
         gain = (np.sum((ys[rows_val] - lin_val) ** 2, axis=1)
                 - np.sum((ys[rows_val] - net_val) ** 2, axis=1))
@@ -541,11 +550,14 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         self.validation_gain_t_ = float(gain.sum() / se) if se > 0 else float("inf")
         if gain.sum() > se:
             return
-        coef = least_squares(np.arange(xs.shape[0]))
+        final = ridge(np.arange(xs.shape[0]))
         dtype = self.params_[-1]["w"].dtype
+        w = np.asarray(final.coef_, dtype=np.float64).reshape(self.n_outputs_, -1).T
+        b = np.asarray(final.intercept_, dtype=np.float64).reshape(self.n_outputs_)
         self.net_ = build_mlp((), self.activation, self.n_outputs_)
-        self.params_ = [{"w": coef[1:].astype(dtype), "b": coef[0].astype(dtype)}]
+        self.params_ = [{"w": w.astype(dtype), "b": b.astype(dtype)}]
         self.state_ = [{}]
+        self.linear_alpha_ = float(final.alpha_)
         self.selected_ = "linear"
 
     def _validation_score(self, out, t_val) -> float:
