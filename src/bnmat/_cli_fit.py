@@ -197,9 +197,9 @@ def _run_fit_plain(args) -> int:
         y = table.numeric([target], what="target column")
     tr, va = _split(n, args.validation_fraction, args.seed)
     if args.solver == "auto":
-        from ._mlp import auto_solver
-
-        args.solver = auto_solver(len(tr))
+        # A plain fit has no held-out stopping by default: Adam's mini-batches for
+        # --epochs epochs overfit less than as many full L-BFGS iterations.
+        args.solver = "adam"
 
     x_scaling = fit_scaling(x[tr])
     if classify:

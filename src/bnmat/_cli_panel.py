@@ -235,7 +235,9 @@ def run_fit_panel(args) -> int:
     if args.solver == "auto":
         from ._mlp import auto_solver
 
-        args.solver = auto_solver(tr.size)
+        # L-BFGS only when held-out units can stop it: otherwise --epochs full
+        # iterations overfit the within variation more than Adam's epochs do.
+        args.solver = auto_solver(tr.size) if args.early_stopping is not None else "adam"
 
     network = [c for c in features if c not in linear]
     shape = ("no network (every feature is linear): the linear within regression, solved "

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--activation", default="relu",
                      choices=["relu", "leaky_relu", "tanh", "logistic", "softplus", "identity"])
     fit.add_argument("--solver", default="auto", choices=["auto", "adam", "sgd", "lbfgs"],
-                     help="auto (the default): full-batch lbfgs up to 10,000 training rows, "
-                          "else adam")
+                     help="auto (the default): adam; with --entity and --early-stopping, "
+                          "full-batch lbfgs up to 10,000 training rows")
     fit.add_argument("--epochs", type=int, default=50, metavar="N",
                      help="epochs (adam, sgd) or iterations (lbfgs); default 50")
     fit.add_argument("--batch-size", type=int, default=None, metavar="N",
