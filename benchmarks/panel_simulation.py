@@ -26,7 +26,8 @@ Estimators of θ and their 95 % intervals:
   units, linear fallback); its interval is the within interval that treats
   the fitted network as known (no valid SE exists; shown for comparison);
 * ``bnmat crossfit`` — the same with ``inference="crossfit"`` (5 folds of
-  units, clustered SE);
+  units, clustered SE; ``--n-rep R`` repeats it over R fold draws with median
+  aggregation);
 * ``DoubleMLPLR`` — ``doubleml.DoubleMLPLR`` (partialling out, 5 folds of rows)
   on the within-transformed data (ỹ, d̃, x̃ demeaned by unit), with
   ``SplineTransformer → RidgeCV`` learners for both nuisance functions.
@@ -75,14 +76,15 @@ def panel_ols(X, y, units):
     return float(res.params["d"]), float(res.std_errors["d"]), ci
 
 
-def bnmat_fits(X, y, units, seed):
+def bnmat_fits(X, y, units, seed, n_rep=1):
     from bnmat import PanelBNMLPRegressor
     from bnmat.panel_inference import within_inference
 
     common = dict(hidden_layer_sizes=(8,), max_iter=100, linear_features=[0], random_state=seed)
     # One fit gives both: the fitted model is the joint one (coef_linear_model_), and
     # inference="crossfit" adds the cross-fitted estimate with its standard error.
-    joint = PanelBNMLPRegressor(inference="crossfit", cv=5, **common).fit(X, y, groups=units)
+    joint = PanelBNMLPRegressor(inference="crossfit", cv=5, n_rep=n_rep, **common).fit(
+        X, y, groups=units)
     b = joint.coef_linear_model_["x0"]
     out = {}
     if joint.selected_ == "network":
@@ -164,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--periods", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--json", help="also write the tables to this JSON file")
+    parser.add_argument("--n-rep", type=int, default=1,
+                        help="fold draws of the cross-fitted estimate (median aggregation)")
     args = parser.parse_args(argv)
 
     results = {}
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 row = {"PanelOLS": panel_ols(X, y, units)}
-                fits, selected = bnmat_fits(X, y, units, rep)
+                fits, selected = bnmat_fits(X, y, units, rep, args.n_rep)
                 row.update(fits)
                 row["DoubleMLPLR"] = doubleml_plr(X, y, units, rep)
             fallbacks += selected == "linear"

@@ -325,3 +325,18 @@ def test_fit_warns_when_adam_stalls_far_from_the_minimum():
         result = train.fit(net, params, state, x, y, optimizer=optim.adam(1e-5), epochs=200,
                            early_stopping=True, patience=5, tol=1e-3, progress=False)
     assert result.stopped_early and result.history["loss"][-1] > 1.0   # far from 0
+
+
+def test_repeated_crossfit_takes_medians_and_adds_the_spread():
+    x, y, ent = _plm(np.random.default_rng(11))
+    kw = dict(lin=(0,), nn=(1,), names=["d"], effects="entity",
+              fit_nuisance=_linear_nuisance([]), cv=4)
+    draws = [crossfit_inference(x, y, ent, None, seed=7 + r, **kw)[0] for r in range(3)]
+    agg = crossfit_inference(x, y, ent, None, seed=7, n_rep=3, **kw)[0]
+    b = np.array([d.coef[0] for d in draws])
+    assert agg.coef[0] == np.median(b)
+    want = np.median([d.cov[0, 0] + (bi - np.median(b)) ** 2 for d, bi in zip(draws, b)])
+    np.testing.assert_allclose(agg.cov[0, 0], want, rtol=1e-12)
+    assert len(set(np.round(b, 12))) == 3        # the draws differ: the check can fail
+    with pytest.raises(ValueError, match="n_rep"):
+        crossfit_inference(x, y, ent, None, seed=7, n_rep=0, **kw)
