@@ -340,3 +340,27 @@ def test_repeated_crossfit_takes_medians_and_adds_the_spread():
     assert len(set(np.round(b, 12))) == 3        # the draws differ: the check can fail
     with pytest.raises(ValueError, match="n_rep"):
         crossfit_inference(x, y, ent, None, seed=7, n_rep=0, **kw)
+
+
+def test_bnmat_fit_without_hidden_layers_is_least_squares(tmp_path, capsys):
+    from sklearn.linear_model import LinearRegression
+
+    from bnmat._cli_fit import _split
+    from bnmat.cli import main
+
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(120, 3)) * [1.0, 100.0, 0.01]
+    y = X @ np.array([2.0, 0.03, 50.0]) + 0.1 * rng.normal(size=120)
+    path = tmp_path / "d.csv"
+    pd.DataFrame(np.column_stack([X, y]), columns=["a", "b", "c", "y"]).to_csv(path, index=False)
+    assert main(["fit", str(path), "--target", "y", "--hidden", "--no-progress",
+                 "--output", str(tmp_path / "m.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "linear model (no hidden layer), solved by least squares" in out
+    assert "BatchNorm" not in out
+    tr, va = _split(120, 0.2, 0)
+    ols = LinearRegression().fit(X[tr], y[tr])
+    printed = out.split("least-squares solution: training R² = ")[1]
+    r2_train, r2_val = float(printed.split(",")[0]), float(printed.split("= ")[1].split()[0])
+    assert abs(r2_train - ols.score(X[tr], y[tr])) < 1e-4      # 4 printed decimals
+    assert abs(r2_val - ols.score(X[va], y[va])) < 1e-4
