@@ -521,7 +521,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         return self
 
     def _select_linear(self, xs, ys) -> None:
-        """Keep a ridge regression instead of the network unless the network clearly predicts better.
+        """Keep a ridge regression instead of the network unless the network predicts clearly better.
 
         Both are fitted on the training rows and scored on the held-out rows
         of ``early_stopping``. The linear model is ridge regression on the
@@ -542,7 +542,8 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             return RidgeCV(alphas=grid).fit(xs[rows].astype(np.float64),
                                             ys[rows].astype(np.float64))
 
-        lin_val = ridge(rows_tr).predict(xs[rows_val].astype(np.float64)).reshape(ys[rows_val].shape)
+        lin_val = ridge(rows_tr).predict(xs[rows_val].astype(np.float64))
+        lin_val = lin_val.reshape(ys[rows_val].shape)
         net_val = np.asarray(self.net_.predict(self.params_, self.state_, xs[rows_val]))
         gain = (np.sum((ys[rows_val] - lin_val) ** 2, axis=1)
                 - np.sum((ys[rows_val] - net_val) ** 2, axis=1))

@@ -70,7 +70,7 @@ def linear_covariance(x_tilde, resid, clusters, *, cov_type: str = "clustered",
 
         unadjusted:  V = s² A,                       s² = ẽᵀẽ / (n − d − k)
         robust:      V = n/(n − d − k) · A (Σᵢ ẽᵢ² x̃ᵢx̃ᵢᵀ) A
-        clustered:   V = n/(n − d' − k) · A (Σ_g s_g s_gᵀ) A,   s_g = Σ_{i∈g} ẽᵢ x̃ᵢ
+        clustered:   V = n/(n − d' − k) · A (Σ_g s_g s_gᵀ) A,  s_g = Σ_{i∈g} ẽᵢ x̃ᵢ
 
     with d' = 0 when the effects are nested in the clusters (unit effects
     alone, clusters = units) and d' = d otherwise, as PanelOLS's ``auto_df``.
