@@ -521,7 +521,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         return self
 
     def _select_linear(self, xs, ys) -> None:
-        """Keep a ridge regression instead of the network unless the network predicts clearly better.
+        """Keep a ridge fit instead of the network unless the network predicts clearly better.
 
         Both are fitted on the training rows and scored on the held-out rows
         of ``early_stopping``. The linear model is ridge regression on the
