@@ -10,7 +10,13 @@ Every model is scored by the same splits with ``cross_val_score(scoring="r2")``:
 * the bundled Vella–Verbeek wage panel (4,360 rows, target ``lwage``), with
   ``GroupKFold`` by person so that no man is in both the training and the test
   part of a split (his eight rows are not independent);
-* scikit-learn's diabetes data (442 rows, 10 features), with shuffled ``KFold``.
+* scikit-learn's diabetes data (442 rows, 10 features), with shuffled ``KFold``;
+* statsmodels' star98 data (303 school districts, 20 features; target: the share
+  of pupils above the national median in maths), with shuffled ``KFold``.
+
+``BNMLPRegressor()``'s defaults hold out 10 % of the training rows, stop on
+them, and keep least squares instead of the network unless the network beats
+it there by more than a standard error (``linear_fallback``).
 
 Models, each with its library's default settings (only ``random_state`` set):
 
@@ -69,14 +75,26 @@ def datasets(folds: int) -> dict:
         "diabetes, shuffled KFold": (
             diabetes.data, diabetes.target, KFold(n_splits=folds, shuffle=True, random_state=0),
             None),
+        "star98, shuffled KFold": (
+            *star98(), KFold(n_splits=folds, shuffle=True, random_state=0), None),
     }
+
+
+def star98():
+    """statsmodels' star98 (303 California school districts, 20 columns): X and the share of
+    pupils above the national median maths score, ``NABOVE / (NABOVE + NBELOW)``."""
+    import statsmodels.api as sm
+
+    data = sm.datasets.star98.load_pandas()
+    counts = data.endog.to_numpy(dtype=float)
+    return data.exog.to_numpy(dtype=float), counts[:, 0] / counts.sum(axis=1)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", choices=["wage", "diabetes"], default=None)
+    parser.add_argument("--only", choices=["wage", "diabetes", "star98"], default=None)
     args = parser.parse_args(argv)
 
     import sklearn

@@ -5,6 +5,9 @@ Run from the repository root (needs scikit-learn, pandas, linearmodels, doubleml
     python benchmarks/panel_simulation.py                       # 200 replications, N = 50 and 100
     python benchmarks/panel_simulation.py --reps 20 --units 50  # a quick look
 
+Set ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` on a shared machine: the
+problems are tiny and BLAS threads only contend (3× the CPU time measured).
+
 The data, for unit i = 1..N and period t = 1..T (T = 5), with θ = 0.5::
 
     y_it = α_i + θ d_it + g(x_it) + e_it,    g(x) = cos(2 x₁) + 0.5 x₂²
@@ -23,7 +26,8 @@ Estimators of θ and their 95 % intervals:
   units, linear fallback); its interval is the within interval that treats
   the fitted network as known (no valid SE exists; shown for comparison);
 * ``bnmat crossfit`` — the same with ``inference="crossfit"`` (5 folds of
-  units, clustered SE);
+  units, clustered SE; ``--n-rep R`` repeats it over R fold draws with median
+  aggregation);
 * ``DoubleMLPLR`` — ``doubleml.DoubleMLPLR`` (partialling out, 5 folds of rows)
   on the within-transformed data (ỹ, d̃, x̃ demeaned by unit), with
   ``SplineTransformer → RidgeCV`` learners for both nuisance functions.
@@ -72,21 +76,29 @@ def panel_ols(X, y, units):
     return float(res.params["d"]), float(res.std_errors["d"]), ci
 
 
-def bnmat_fits(X, y, units, seed):
+def bnmat_fits(X, y, units, seed, n_rep=1):
     from bnmat import PanelBNMLPRegressor
     from bnmat.panel.inference import within_inference
 
     common = dict(hidden_layer_sizes=(8,), max_iter=100, linear_features=[0], random_state=seed)
-    joint = PanelBNMLPRegressor(**common).fit(X, y, groups=units)
+    # One fit gives both: the fitted model is the joint one (coef_linear_model_), and
+    # inference="crossfit" adds the cross-fitted estimate with its standard error.
+    joint = PanelBNMLPRegressor(inference="crossfit", cv=5, n_rep=n_rep, **common).fit(
+        X, y, groups=units)
     b = joint.coef_linear_model_["x0"]
-    # The network part of the joint fit, treated as known: y − f̂(x) on d.
-    f_hat = joint.model_.network_output(X) - b * X[:, 0] * 1.0
-    naive = within_inference(X[:, :1], y - f_hat, np.array([b]), names=["d"],
-                             effects="entity", entity_codes=units)
-    out = {"bnmat joint": (b, float(naive.stderr[0]), naive.conf_int()[0])}
-    cross = PanelBNMLPRegressor(inference="crossfit", cv=5, **common).fit(X, y, groups=units)
-    ci = cross.conf_int_linear()["x0"]
-    out["bnmat crossfit"] = (cross.coef_linear_["x0"], cross.stderr_linear_["x0"],
+    out = {}
+    if joint.selected_ == "network":
+        # The network part of the joint fit, treated as known: y − f̂(x) on d.
+        f_hat = joint.model_.network_output(X) - b * X[:, 0]
+        naive = within_inference(X[:, :1], y - f_hat, np.array([b]), names=["d"],
+                                 effects="entity", entity_codes=units)
+        out["bnmat joint"] = (b, float(naive.stderr[0]), naive.conf_int()[0])
+    else:   # the linear fallback: a PanelOLS-equal fit on d, x1, x2
+        info = within_inference(X, y, np.array(list(joint.coef_linear_model_.values())),
+                                names=["d", "x1", "x2"], effects="entity", entity_codes=units)
+        out["bnmat joint"] = (b, float(info.stderr[0]), info.conf_int()[0])
+    ci = joint.conf_int_linear()["x0"]
+    out["bnmat crossfit"] = (joint.coef_linear_["x0"], joint.stderr_linear_["x0"],
                              np.array(ci))
     return out, joint.selected_
 
@@ -154,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--periods", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--json", help="also write the tables to this JSON file")
+    parser.add_argument("--n-rep", type=int, default=1,
+                        help="fold draws of the cross-fitted estimate (median aggregation)")
     args = parser.parse_args(argv)
 
     results = {}
@@ -166,7 +180,7 @@ def main(argv=None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 row = {"PanelOLS": panel_ols(X, y, units)}
-                fits, selected = bnmat_fits(X, y, units, rep)
+                fits, selected = bnmat_fits(X, y, units, rep, args.n_rep)
                 row.update(fits)
                 row["DoubleMLPLR"] = doubleml_plr(X, y, units, rep)
             fallbacks += selected == "linear"

@@ -111,6 +111,8 @@ def test_default_tolerance_depends_on_the_solver(rng, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(bnmat.train, "fit_lbfgs", spy(fit_lbfgs, "lbfgs"))
+    # L-BFGS stopped on held-out units calls it from there
+    monkeypatch.setattr(bnmat.train._held_out, "fit_lbfgs", spy(fit_lbfgs, "lbfgs"))
     monkeypatch.setattr(bnmat.train, "fit", spy(fit, "adam"))
     x, units, _, _ = simulated_panel(rng, n_units=10)
     y = x[:, 0] + np.sin(x[:, 1])
@@ -223,7 +225,7 @@ def test_group_batchnorm_estimator_and_prediction_for_new_units(rng):
     y = x[:, 0] + np.tanh(x[:, 1] * x[:, 2]) + alpha[units - 100]
     est = PanelBNMLPRegressor((8,), activation="tanh", group_batchnorm=True, solver="adam",
                               batch_size=40, learning_rate_init=1e-2, max_iter=30,
-                              random_state=0)
+                              random_state=0, linear_fallback=False)   # keep the network
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                 # ConvergenceWarning at max_iter
         est.fit(x, y, groups=units)

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hidden layer widths (default: 64 64; none for a linear model)")
     fit.add_argument("--activation", default="relu",
                      choices=["relu", "leaky_relu", "tanh", "logistic", "softplus", "identity"])
-    fit.add_argument("--solver", default="adam", choices=["adam", "sgd", "lbfgs"])
+    fit.add_argument("--solver", default="auto", choices=["auto", "adam", "sgd", "lbfgs"],
+                     help="auto (the default): adam; with --entity and --early-stopping, "
+                          "full-batch lbfgs up to 10,000 training rows")
     fit.add_argument("--epochs", type=int, default=50, metavar="N",
                      help="epochs (adam, sgd) or iterations (lbfgs); default 50")
     fit.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -117,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     panel.add_argument("--group-batchnorm", action="store_true",
                        help="normalize the network's hidden layers with per-unit statistics "
                             "(every training unit needs at least 2 rows)")
+    panel.add_argument("--no-linear-fallback", action="store_true",
+                       help="with --early-stopping, keep the network even when the linear "
+                            "within regression predicts the held-out training units as well")
+    panel.add_argument("--inference", choices=["none", "crossfit"], default="none",
+                       help="standard errors of the --linear coefficients beside a network: "
+                            "crossfit = cross-fitted partialling out over folds of units "
+                            "(without a network they are always printed)")
+    panel.add_argument("--cov-type", choices=["clustered", "robust", "unadjusted"],
+                       default="clustered",
+                       help="covariance of the --linear coefficients (default clustered by "
+                            "unit; as linearmodels' PanelOLS)")
+    panel.add_argument("--cv", type=int, default=5, metavar="K",
+                       help="folds of units for --inference crossfit (default 5)")
 
     pred = sub.add_parser(
         "predict", help="predict new rows with a model written by bnmat fit",

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import WAGE_PANEL_DROP, _decimal_hint, read_table, table_columns, wage_panel_path
-from ..layers._mlp import Scaling, build_mlp, fit_scaling
+from ..layers._mlp import Scaling, auto_batch_size, build_mlp, fit_scaling
 from ._chunked import (CHUNK_ROWS, one_blas_thread, population_statistics_chunked,
                        predict_chunked)
 from ._common import UsageError
@@ -339,6 +339,10 @@ def _run_fit_plain(args) -> int:
         classes = None
         y = table.numeric([target], what="target column")
     tr, va = _split(n, args.validation_fraction, args.seed)
+    if args.solver == "auto":
+        # A plain fit has no held-out stopping by default: Adam's mini-batches for
+        # --epochs epochs overfit less than as many full L-BFGS iterations.
+        args.solver = "adam"
 
     x_scaling = fit_scaling(x[tr])
     if classify:
@@ -362,21 +366,28 @@ def _run_fit_plain(args) -> int:
     print(f"bnmat fit: {label}, target {target!r} ({task}"
           f"{f', {len(classes)} classes' if classify else ''}), {len(features)} features"
           f"{onehot}")
-    print(f"  {len(tr)} training rows, {len(va)} validation rows; network {widths} "
-          f"(BatchNorm, {args.activation}); solver {args.solver}")
+    exact = not args.hidden and not classify
+    if not args.hidden:
+        shape = ("linear model (no hidden layer), solved by least squares" if exact else
+                 f"linear model (no hidden layer, softmax regression); solver {args.solver}")
+    else:
+        shape = f"network {widths} (BatchNorm, {args.activation}); solver {args.solver}"
+    print(f"  {len(tr)} training rows, {len(va)} validation rows; {shape}")
     sys.stdout.flush()
     # The validation loss, the final population statistics and the metrics are
-    # computed in row chunks (bnmat._chunked), so that a file of millions of
+    # computed in row chunks (bnmat.cli._chunked), so that a file of millions of
     # rows never has a whole-data activation matrix in memory.
     validation = (xs_va, ys_va) if len(va) else None
-    if args.solver == "lbfgs":
+    if exact:
+        result = _least_squares_fit(params, state, xs_tr, ys_tr)
+    elif args.solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs_tr, ys_tr, loss=loss, l2=l2,
                                  max_iter=args.epochs, population_stats=False)
     else:
         lr = args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
-        batch = min(args.batch_size or 200, len(tr))
+        batch = min(args.batch_size or auto_batch_size(len(tr)), len(tr))
         with one_blas_thread():   # mini-batch products are small: see bnmat._chunked
             result = train.fit(
                 net, params, state, xs_tr, ys_tr, loss=loss, optimizer=optimizer,
@@ -413,7 +424,8 @@ def _run_fit_plain(args) -> int:
     epochs = len(result.history["loss"])
     unit = "iterations" if args.solver == "lbfgs" else "epochs"
     stop = f" (stopped early, best epoch {best_epoch})" if stopped else ""
-    print(f"after {epochs} {unit}{stop}: training {name} = {_fmt_metric(m_train)}, "
+    done = "least-squares solution" if exact else f"after {epochs} {unit}{stop}"
+    print(f"{done}: training {name} = {_fmt_metric(m_train)}, "
           f"validation {name} = {_fmt_metric(m_val)}")
 
     metadata = {
@@ -444,6 +456,25 @@ def _run_fit_plain(args) -> int:
         _plot(history, args.plot, loss, task)
         print(f"loss plot written to {Path(args.plot).resolve()}")
     return 0
+
+
+def _least_squares_fit(params, state, xs, ys):
+    """The network without hidden layers is ``ŷ = X W + 1bᵀ``: its least-squares fit, exactly.
+
+    ``[b; W] = lstsq([1 X], Y)`` in float64 (the training objective's minimizer
+    when ``--alpha`` is 0; with a penalty the minimizer differs by O(α/N),
+    and the exact unpenalized solution is what "the linear model" means).
+    """
+    from ..train import FitResult
+
+    design = np.column_stack([np.ones(xs.shape[0]), np.asarray(xs, dtype=np.float64)])
+    coef = np.linalg.lstsq(design, np.asarray(ys, dtype=np.float64), rcond=None)[0]
+    layer = dict(params[0])
+    layer["w"] = coef[1:].astype(np.asarray(layer["w"]).dtype)
+    layer["b"] = coef[0].astype(np.asarray(layer["b"]).dtype)
+    loss = float(np.mean((ys - design @ coef) ** 2))
+    return FitResult([layer], state, {"epoch": [1], "loss": [loss], "val_loss": []}, 1,
+                           False)
 
 
 def _json_float(v: float):

@@ -165,17 +165,27 @@ def _learning_rate(args) -> float:
     return args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
 
 
-def _fit(args, x, y, ent, per, effects, linear, features, entity_name):
-    """fit_panel on the given training rows, with the command line's options."""
+def _options(args, n: int) -> dict:
+    """fit_panel's keyword arguments from the command line (n training rows)."""
+    from ..layers._mlp import auto_batch_size
+
     options = {
         "hidden": tuple(args.hidden), "activation": args.activation, "solver": args.solver,
-        "alpha": args.alpha, "batch_size": args.batch_size or 200,
+        "alpha": args.alpha, "batch_size": args.batch_size or auto_batch_size(n),
         "learning_rate": _learning_rate(args), "max_iter": args.epochs, "seed": args.seed,
         "progress": not args.no_progress, "group_batchnorm": args.group_batchnorm,
+        "start_linear": True,
     }
     if args.early_stopping is not None:
         options.update(early_stopping=True, patience=args.early_stopping,
-                       validation_fraction=args.validation_fraction)
+                       validation_fraction=args.validation_fraction,
+                       linear_fallback=not getattr(args, "no_linear_fallback", False))
+    return options
+
+
+def _fit(args, x, y, ent, per, effects, linear, features, entity_name):
+    """fit_panel on the given training rows, with the command line's options."""
+    options = _options(args, x.shape[0])
     try:
         # early stopping with --group-batchnorm scores its held-out units with the
         # pooled statistics; the documentation says so, once is not news here.
@@ -236,10 +246,19 @@ def run_fit_panel(args) -> int:
     ent = _labels(table, entity, "--entity")
     per = _labels(table, time, "--time") if time else None
     tr, va, held = _split_panel(holdout, args.validation_fraction, args.seed, ent, per, time)
+    if args.solver == "auto":
+        from ..layers._mlp import auto_solver
+
+        # L-BFGS only when held-out units can stop it: otherwise --epochs full
+        # iterations overfit the within variation more than Adam's epochs do.
+        args.solver = auto_solver(tr.size) if args.early_stopping is not None else "adam"
 
     network = [c for c in inputs if c not in linear]
     shape = ("no network (every feature is linear): the linear within regression, solved "
              "by least squares" if not network else
+             f"{len(network)} column(s) in a linear network part (no hidden layer)"
+             + (f" + {len(linear)} linear" if linear else "") + f"; solver {args.solver}"
+             if not args.hidden else
              f"network {' → '.join(str(w) for w in [len(network), *args.hidden, 1])} "
              f"({'GroupBatchNorm' if args.group_batchnorm else 'BatchNorm'}, "
              f"{args.activation})" + (f" + {len(linear)} linear" if linear else "")
@@ -265,6 +284,11 @@ def run_fit_panel(args) -> int:
             on = ("within loss of the held-out training units" if args.early_stopping
                   else "training loss")
             done += f" (stopped: the {on} stalled; best epoch {model.best_epoch} kept)"
+    if model.history.get("selected") == "linear" and network:
+        print(f"  kept the linear within regression on {len(model.linear_columns)} column(s): "
+              "the network did not predict the held-out training units clearly better "
+              f"(within MSE {model.history['val_network']:.4g} vs linear "
+              f"{model.history['val_linear']:.4g}; --no-linear-fallback keeps the network)")
     removed = "unit and period means" if effects == "twoway" else "unit means"
     print(f"{done}: within R² ({removed} removed): training "
           f"{_fmt_metric(r2_train)}, validation {_fmt_metric(r2_val)}")
@@ -276,10 +300,16 @@ def run_fit_panel(args) -> int:
     if holdout == "units" and va.size and args.group_batchnorm:
         print("  (the held-out units are normalized with the pooled statistics)")
     if linear:
-        print("linear coefficients (original scales):")
-        width = max(len(c) for c in linear)
-        for name, b in model.coef_linear.items():
-            print(f"  {name:<{width}}  {b: .6g}")
+        info = _linear_inference(args, model, x[tr], y[tr], ent[tr],
+                                 None if per is None else per[tr], effects, linear, features)
+        if info is not None:
+            print(info.summary(title="linear part (original scales)"))
+        else:
+            print("linear coefficients (original scales; no standard errors beside a jointly "
+                  "trained network: pass --inference crossfit):")
+            width = max(len(c) for c in model.coef_linear)
+            for name, b in model.coef_linear.items():
+                print(f"  {name:<{width}}  {b: .6g}")
     n_effects = f"{len(model.entity_labels)} unit effects"
     if model.time_effects is not None:
         n_effects += f" and {len(model.time_labels)} period effects"
@@ -303,6 +333,36 @@ def run_fit_panel(args) -> int:
               ylabel="within mean squared error (standardized target)")
         print(f"loss plot written to {Path(args.plot).resolve()}")
     return 0
+
+
+def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
+    """The table's estimates: within (no network), cross-fitted (--inference crossfit), or None."""
+    from ..panel.inference import crossfit_inference, within_inference
+
+    codes = _codes(ent)
+    t_codes = _codes(per) if effects == "twoway" else None
+    names = list(linear)
+    lin = [features.index(c) for c in names]
+    network = [j for j in range(len(features)) if j not in lin]
+    if network and args.inference == "crossfit":
+        options = _options(args, x.shape[0])
+        options["progress"] = False
+
+        def fit_nuisance(x_nn, target, entity, period):
+            fitted = fit_panel(x_nn, target, entity, period, effects=effects, **options)
+            return lambda x_new: fitted.predict(x_new)
+
+        return crossfit_inference(x, y, codes, t_codes, lin=tuple(lin), nn=tuple(network),
+                                  names=names, effects=effects, fit_nuisance=fit_nuisance,
+                                  cv=args.cv, seed=args.seed, cov_type=args.cov_type)[0]
+    if model.network_columns:
+        return None
+    # No network (asked for, or kept by the linear fallback): the within regression.
+    cols = list(model.linear_columns)
+    coef = [model.coef_linear[model.feature_names[j]] for j in cols]
+    return within_inference(x[:, cols], y, np.array(coef),
+                            names=[model.feature_names[j] for j in cols], effects=effects,
+                            entity_codes=codes, time_codes=t_codes, cov_type=args.cov_type)
 
 
 # ------------------------------------------------------------------ predict

@@ -35,7 +35,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import optim, train
-from ..layers._mlp import ACTIVATIONS, Scaling, build_mlp, fit_scaling
+from ..layers._mlp import (ACTIVATIONS, Scaling, auto_batch_size, auto_solver, build_mlp,
+                           fit_scaling)
 from ..ops.losses import log_softmax
 from ._transaction import transactional_fit
 
@@ -43,30 +44,6 @@ __all__ = ["BNMLPRegressor", "BNMLPClassifier"]
 
 _SOLVERS = ("adam", "sgd", "lbfgs")
 _FLOATS = (np.float64, np.float32)
-
-
-#: Rows up to which solver="auto" picks full-batch L-BFGS.
-AUTO_LBFGS_ROWS = 10_000
-
-
-def auto_solver(n: int) -> str:
-    """The solver of ``solver="auto"`` for n training rows.
-
-    Full-batch L-BFGS (exact gradients, deterministic objective) up to
-    :data:`AUTO_LBFGS_ROWS` rows, where a full pass is cheap; Adam on
-    mini-batches above.
-    """
-    return "lbfgs" if n <= AUTO_LBFGS_ROWS else "adam"
-
-
-def auto_batch_size(n: int) -> int:
-    """Rows per mini-batch of ``batch_size="auto"``: ``min(200, max(16, ⌈n/10⌉))``, at most n.
-
-    An epoch of n ≥ 160 rows has at least ten steps, so a small data set is
-    never trained by one step per epoch (which stalls "early stopping on the
-    training loss" long before convergence).
-    """
-    return int(min(n, 200, max(16, -(-n // 10))))
 
 
 def _is_int(value) -> bool:
@@ -150,8 +127,8 @@ class _BNMLPBase(BaseEstimator):
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}")
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}; got {self.solver!r}")
+        if self.solver not in _SOLVERS + ("auto",):
+            raise ValueError(f"solver must be one of {_SOLVERS + ('auto',)}; got {self.solver!r}")
         checks = [
             ("alpha", _is_real(self.alpha) and self.alpha >= 0, "a finite number >= 0"),
             ("learning_rate_init",
@@ -200,6 +177,8 @@ class _BNMLPBase(BaseEstimator):
         hidden = self._check_params()
         n = x.shape[0]
         self._check_rows(n)
+        solver = auto_solver(n) if self.solver == "auto" else self.solver
+        self.solver_ = solver
         rng = check_random_state(self.random_state)
         seed_init, seed_fit, seed_split = (int(s) for s in rng.randint(0, 2**31 - 1, size=3))
 
@@ -213,18 +192,22 @@ class _BNMLPBase(BaseEstimator):
         self.net_ = build_mlp(hidden, self.activation, self.n_outputs_, eps=float(self.bn_eps),
                               ddof=int(self.bn_ddof), decay=float(self.bn_decay))
 
-        stochastic = self.solver != "lbfgs"
+        stochastic = solver != "lbfgs"
         x_val = t_val = None
         x_tr, t_tr = xs, target
-        if stochastic and self.early_stopping:
-            parts = train_test_split(
-                xs, target, *(() if sw is None else (sw,)),
-                test_size=self.validation_fraction, random_state=seed_split,
+        self._split_rows = None
+        # A held-out part needs two rows to score (R², batch statistics): below 20
+        # rows early stopping watches the training loss instead.
+        if self.early_stopping and n * float(self.validation_fraction) > 1 and n >= 20:
+            rows_tr, rows_val = train_test_split(
+                np.arange(n), test_size=self.validation_fraction, random_state=seed_split,
                 stratify=stratify,
             )
-            x_tr, x_val, t_tr, t_val = parts[:4]
+            rows_tr, rows_val = np.sort(rows_tr), np.sort(rows_val)
+            self._split_rows = (rows_tr, rows_val)
+            x_tr, x_val, t_tr, t_val = xs[rows_tr], xs[rows_val], target[rows_tr], target[rows_val]
             if sw is not None:
-                sw = parts[4]
+                sw = sw[rows_tr]   # the held-out loss is unweighted
             self._check_rows(x_tr.shape[0], "the training part after the validation split")
 
         params, state = self.net_.init(x_tr, seed=seed_init)
@@ -234,13 +217,14 @@ class _BNMLPBase(BaseEstimator):
         n_rows = x_tr.shape[0] if sw is None else float(np.sum(sw))
         l2 = self._l2_factor * float(self.alpha) / n_rows
         if stochastic:
-            batch = min(200, x_tr.shape[0]) if self.batch_size == "auto" else int(self.batch_size)
+            batch = (auto_batch_size(x_tr.shape[0]) if self.batch_size == "auto"
+                     else int(self.batch_size))
             if batch > x_tr.shape[0]:
                 warnings.warn(
                     f"batch_size={batch} is larger than the {x_tr.shape[0]} training samples; "
                     "it is clipped to the sample size", UserWarning, stacklevel=4)
                 batch = x_tr.shape[0]
-            if self.solver == "adam":
+            if solver == "adam":
                 optimizer = optim.adam(float(self.learning_rate_init))
             else:
                 # Nesterov's variant is defined for momentum > 0 only; with
@@ -265,6 +249,17 @@ class _BNMLPBase(BaseEstimator):
                 seed=seed_fit, shuffle=bool(self.shuffle), progress=bool(self.verbose),
                 callback=record_score, sample_weight=sw,
             )
+        elif x_val is not None:
+            # L-BFGS watched on the held-out rows (5× the patience: an iteration's
+            # held-out loss plateaus before it falls again); the best iterate is kept.
+            from ..train._held_out import lbfgs_held_out
+
+            result = lbfgs_held_out(self.net_, params, state, xs, target, self._loss_name, l2,
+                                    None, self._split_rows, int(self.max_iter),
+                                    float(self.tol), 5 * int(self.n_iter_no_change))
+            record = self._validation_score(
+                np.asarray(self.net_.predict(result.params, result.state, x_val)), t_val)
+            scores = [record]   # lbfgs: the score of the kept iterate only
         else:
             result = train.fit_lbfgs(self.net_, params, state, x_tr, t_tr, loss=self._loss_name,
                                      l2=l2, max_iter=int(self.max_iter), tol=float(self.tol),
@@ -272,16 +267,20 @@ class _BNMLPBase(BaseEstimator):
 
         # Both training functions end by replacing the running averages with
         # exact statistics of all training rows (population_statistics), so
-        # predict() on the training rows reproduces full-batch training output.
+        # predict() on the training rows reproduces full-batch training output;
+        # after early stopping the held-out rows join those statistics.
         self.params_ = result.params
         self.state_ = result.state
+        if x_val is not None:
+            self.state_ = train.population_statistics(self.net_, result.params, result.state, xs)
         history = result.history
         self.loss_curve_ = [float(v) for v in history["loss"]]
         self.n_iter_ = len(self.loss_curve_)
         self.best_loss_ = min(self.loss_curve_) if self.loss_curve_ else float("nan")
         if x_val is not None:
             self.validation_scores_ = scores
-            self.best_validation_score_ = scores[result.best_epoch - 1]
+            self.best_validation_score_ = (scores[result.best_epoch - 1]
+                                           if len(scores) >= result.best_epoch else scores[-1])
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
@@ -340,13 +339,18 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
     hidden_layer_sizes : tuple of int, default (100,)
         Width of each hidden layer; ``()`` gives linear regression.
     activation : {"relu", "tanh", "logistic", "identity", "leaky_relu", "softplus"}, default "relu"
-    solver : {"adam", "sgd", "lbfgs"}, default "adam"
+    solver : {"adam", "sgd", "lbfgs", "auto"}, default "adam"
         ``"lbfgs"`` trains full-batch with exact gradients (batch statistics of
-        all rows; the objective is then deterministic) via ``scipy.optimize``.
+        all rows; the objective is then deterministic) via ``scipy.optimize``;
+        with ``early_stopping`` it is watched on the held-out rows and the
+        best iterate is kept. ``"auto"``: lbfgs up to 10,000 rows, else adam
+        (:func:`auto_solver`); ``solver_`` records the choice.
     alpha : float, default 1e-4
         L2 penalty on the dense weights (not on γ, β or biases).
     batch_size : int or "auto", default "auto"
-        Rows per mini-batch; ``"auto"`` is ``min(200, N)``. A trailing batch of
+        Rows per mini-batch; ``"auto"`` is ``min(200, max(16, ⌈N/10⌉), N)``
+        (:func:`auto_batch_size`: about ten steps per epoch or more, never
+        one step per epoch on small data). A trailing batch of
         one row is handled by :func:`bnmat.train.fit` (merged into the previous
         one), since batch statistics need two rows.
     learning_rate_init : float, default 1e-3
@@ -368,10 +372,13 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         sgd only.
     nesterovs_momentum : bool, default True
         sgd only.
-    early_stopping : bool, default False
-        Hold out ``validation_fraction`` of the rows and stop on their loss.
-        In either case the parameters of the epoch with the lowest monitored
-        loss (validation, else training) are kept.
+    early_stopping : bool, default True
+        Hold out ``validation_fraction`` of the rows and stop on their loss
+        (every solver; lbfgs after ``5 × n_iter_no_change`` iterations without
+        improvement); with fewer than 20 rows, or fewer than two held out,
+        it watches the training loss instead. In either case the parameters of the epoch with the
+        lowest monitored loss (validation, else training) are kept.
+        (scikit-learn's ``MLPRegressor`` defaults to False.)
     validation_fraction : float, default 0.1
     n_iter_no_change : int, default 10
     bn_eps : float, default 1e-5
@@ -384,6 +391,15 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         all training rows (:func:`bnmat.train.population_statistics`).
     standardize_y : bool, default True
         Fit the network to ``(y − mean)/sd`` and transform predictions back.
+    linear_fallback : bool, default True
+        With ``early_stopping`` and hidden layers: also fit a linear model on
+        the same training rows (ridge on the standardized columns, penalty
+        chosen by leave-one-out cross-validation among 10⁻³…10³ as
+        scikit-learn's ``RidgeCV``), and keep it (refitted on all rows) unless
+        the network's squared error on the held-out rows is lower by more
+        than the standard error of the difference (the one-standard-error
+        rule). On small tabular data this keeps the default from losing to a
+        linear model. ``selected_`` says which was kept.
 
     Attributes
     ----------
@@ -406,7 +422,17 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         mode with the running statistics of that epoch).
     best_validation_score_ : float or None
         The score of the epoch whose parameters were kept, the one with the
-        lowest validation loss.
+        lowest validation loss (lbfgs: ``validation_scores_`` holds this one
+        score only).
+    selected_ : {"network", "linear"}
+        What ``linear_fallback`` kept; after "linear", ``net_`` is the single
+        Dense layer of the ridge fit (penalty in ``linear_alpha_``, on the
+        standardized scale).
+    validation_gain_t_ : float
+        (With ``linear_fallback``.) The network's held-out gain over least
+        squares divided by its standard error; the network is kept when > 1.
+    solver_ : str
+        The solver used (``"auto"`` resolved).
 
     Notes
     -----
@@ -450,13 +476,14 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         verbose=False,
         momentum=0.9,
         nesterovs_momentum=True,
-        early_stopping=False,
+        early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=10,
         bn_eps=1e-5,
         bn_ddof=0,
         bn_decay=0.9,
         standardize_y=True,
+        linear_fallback=True,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
@@ -468,6 +495,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             bn_decay=bn_decay,
         )
         self.standardize_y = standardize_y
+        self.linear_fallback = linear_fallback
 
     @transactional_fit
     def fit(self, X, y, sample_weight=None):
@@ -517,8 +545,57 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         else:
             k = target.shape[1]
             self.y_scaling_ = Scaling(mean=np.zeros(k), scale=np.ones(k))
-        target = np.ascontiguousarray(self.y_scaling_.apply(target).astype(X.dtype))
-        return self._fit_network(X, target, sample_weight=sw)
+        if not isinstance(self.linear_fallback, (bool, np.bool_)):
+            raise ValueError(f"linear_fallback must be True or False; got {self.linear_fallback!r}")
+        ys = np.ascontiguousarray(self.y_scaling_.apply(target).astype(X.dtype))
+        self._fit_network(X, ys, sample_weight=sw)
+        self.selected_ = "network"
+        # The held-out comparison is unweighted, so with sample weights the network stays.
+        if (self.linear_fallback and sw is None and self._split_rows is not None
+                and self._hidden_sizes()):
+            self._select_linear(self.x_scaling_.apply(X), ys)
+        return self
+
+    def _select_linear(self, xs, ys) -> None:
+        """Keep a ridge fit instead of the network unless the network predicts clearly better.
+
+        Both are fitted on the training rows and scored on the held-out rows
+        of ``early_stopping``. The linear model is ridge regression on the
+        standardized columns with its penalty chosen by efficient
+        leave-one-out cross-validation on the training rows (scikit-learn's
+        ``RidgeCV``, penalties 10⁻³…10³); least squares is its limit. One-
+        standard-error rule: the network is kept only when its total gain in
+        held-out squared error exceeds the standard error of that sum
+        (held-out rows as independent draws). The linear model is then
+        refitted on all rows (penalty chosen again).
+        """
+        from sklearn.linear_model import RidgeCV
+
+        rows_tr, rows_val = self._split_rows
+        grid = np.logspace(-3, 3, 13)
+
+        def ridge(rows):
+            return RidgeCV(alphas=grid).fit(xs[rows].astype(np.float64),
+                                            ys[rows].astype(np.float64))
+
+        lin_val = ridge(rows_tr).predict(xs[rows_val].astype(np.float64))
+        lin_val = lin_val.reshape(ys[rows_val].shape)
+        net_val = np.asarray(self.net_.predict(self.params_, self.state_, xs[rows_val]))
+        gain = (np.sum((ys[rows_val] - lin_val) ** 2, axis=1)
+                - np.sum((ys[rows_val] - net_val) ** 2, axis=1))
+        se = float(np.std(gain, ddof=1) * np.sqrt(gain.size)) if gain.size > 1 else np.inf
+        self.validation_gain_t_ = float(gain.sum() / se) if se > 0 else float("inf")
+        if gain.sum() > se:
+            return
+        final = ridge(np.arange(xs.shape[0]))
+        dtype = self.params_[-1]["w"].dtype
+        w = np.asarray(final.coef_, dtype=np.float64).reshape(self.n_outputs_, -1).T
+        b = np.asarray(final.intercept_, dtype=np.float64).reshape(self.n_outputs_)
+        self.net_ = build_mlp((), self.activation, self.n_outputs_)
+        self.params_ = [{"w": w.astype(dtype), "b": b.astype(dtype)}]
+        self.state_ = [{}]
+        self.linear_alpha_ = float(final.alpha_)
+        self.selected_ = "linear"
 
     def _validation_score(self, out, t_val) -> float:
         # R² of the standardized targets equals R² of the original ones.

@@ -13,7 +13,7 @@ import numpy as np
 from . import BatchNorm, Dense, Identity, LeakyReLU, ReLU, Sequential, Sigmoid, Softplus, Tanh
 from ..ops.batchnorm import column_moments
 
-__all__ = ["ACTIVATIONS", "Scaling", "build_mlp", "fit_scaling"]
+__all__ = ["ACTIVATIONS", "Scaling", "build_mlp", "fit_scaling", "auto_solver", "auto_batch_size"]
 
 #: Activation name (scikit-learn's where it has one) -> layer class.
 ACTIVATIONS = {
@@ -182,3 +182,27 @@ def fit_scaling(x: np.ndarray, sample_weight=None) -> Scaling:
     constant = np.max(x64, axis=0) == np.min(x64, axis=0)
     scale = np.where(constant | ~(scale > 0), 1.0, scale)
     return Scaling(mean=mean, scale=scale)
+
+
+#: Rows up to which solver="auto" picks full-batch L-BFGS.
+AUTO_LBFGS_ROWS = 10_000
+
+
+def auto_solver(n: int) -> str:
+    """The solver of ``solver="auto"`` for n training rows.
+
+    Full-batch L-BFGS (exact gradients, deterministic objective) up to
+    :data:`AUTO_LBFGS_ROWS` rows, where a full pass is cheap; Adam on
+    mini-batches above.
+    """
+    return "lbfgs" if n <= AUTO_LBFGS_ROWS else "adam"
+
+
+def auto_batch_size(n: int) -> int:
+    """Rows per mini-batch of ``batch_size="auto"``: ``min(200, max(16, ⌈n/10⌉))``, at most n.
+
+    An epoch of n ≥ 160 rows has at least ten steps, so a small data set is
+    never trained by one step per epoch (which stalls "early stopping on the
+    training loss" long before convergence).
+    """
+    return int(min(n, 200, max(16, -(-n // 10))))

@@ -115,6 +115,11 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         its standard errors are always computed.
     cv : int, default 5
         Folds of units for ``inference="crossfit"``.
+    n_rep : int, default 1
+        Draws of the folds for ``inference="crossfit"``, aggregated by
+        medians with the spread over draws added to the covariance
+        (:func:`bnmat.panel_inference.crossfit_inference`); costs ``n_rep``
+        times as much.
     cov_type : {"clustered", "robust", "unadjusted"}, default "clustered"
         Covariance of the linear coefficients: clustered by unit, White's
         heteroskedasticity-robust, or homoskedastic; equal to
@@ -221,6 +226,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         inference="none",
         cv=5,
         cov_type="clustered",
+        n_rep=1,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -250,6 +256,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         self.inference = inference
         self.cv = cv
         self.cov_type = cov_type
+        self.n_rep = n_rep
 
     @transactional_fit
     def fit(self, X, y, groups=None, time=None):
@@ -291,6 +298,9 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             raise ValueError(f"cov_type must be one of {COV_TYPES}; got {self.cov_type!r}")
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
             raise ValueError(f"cv must be an integer >= 2; got {self.cv!r}")
+        if isinstance(self.n_rep, bool) or not isinstance(self.n_rep, (int, np.integer)) \
+                or self.n_rep < 1:
+            raise ValueError(f"n_rep must be an integer >= 1; got {self.n_rep!r}")
         X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", y_numeric=True)
         n = X.shape[0]
         self._check_rows(n)
@@ -406,7 +416,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         info, _ = crossfit_inference(X, y, ent, per, lin=lin, nn=nn,
                                      names=names, effects=self.effects,
                                      fit_nuisance=fit_nuisance, cv=int(self.cv), seed=seed,
-                                     cov_type=self.cov_type)
+                                     cov_type=self.cov_type, n_rep=int(self.n_rep))
         return info
 
     @staticmethod

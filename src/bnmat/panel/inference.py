@@ -70,7 +70,7 @@ def linear_covariance(x_tilde, resid, clusters, *, cov_type: str = "clustered",
 
         unadjusted:  V = s² A,                       s² = ẽᵀẽ / (n − d − k)
         robust:      V = n/(n − d − k) · A (Σᵢ ẽᵢ² x̃ᵢx̃ᵢᵀ) A
-        clustered:   V = n/(n − d' − k) · A (Σ_g s_g s_gᵀ) A,   s_g = Σ_{i∈g} ẽᵢ x̃ᵢ
+        clustered:   V = n/(n − d' − k) · A (Σ_g s_g s_gᵀ) A,  s_g = Σ_{i∈g} ẽᵢ x̃ᵢ
 
     with d' = 0 when the effects are nested in the clusters (unit effects
     alone, clusters = units) and d' = d otherwise, as PanelOLS's ``auto_df``.
@@ -206,7 +206,7 @@ class LinearInference(NamedTuple):
                  "-" * len(head), head, "-" * len(head)]
         for j, name in enumerate(self.names):
             lines.append(
-                f"{name:<{width}} {self.coef[j]:>11.4g} {self.stderr[j]:>11.4g} "
+                f"{name:<{width}} {self.coef[j]:>11.6g} {self.stderr[j]:>11.4g} "
                 f"{self.tstat[j]:>8.3f} {self.pvalues[j]:>7.3f} {ci[j, 0]:>11.4g} "
                 f"{ci[j, 1]:>11.4g}")
         lines.append(rule)
@@ -290,7 +290,7 @@ def unit_folds(entity_codes, cv: int, seed: int) -> np.ndarray:
 
 
 def crossfit_inference(x, y, entity_codes, time_codes, *, lin, nn, names, effects, fit_nuisance,
-                       cv: int = 5, seed: int = 0, cov_type: str = "clustered"):
+                       cv: int = 5, seed: int = 0, cov_type: str = "clustered", n_rep: int = 1):
     """Cross-fitted partialling-out estimate of b with its covariance.
 
     For each fold k of units (:func:`unit_folds`), ``fit_nuisance(x_nn, t,
@@ -316,13 +316,33 @@ def crossfit_inference(x, y, entity_codes, time_codes, *, lin, nn, names, effect
     seed : int, default 0
         Draws the folds.
     cov_type : {"clustered", "robust", "unadjusted"}
+    n_rep : int, default 1
+        Repeat the cross-fitting with ``n_rep`` draws of the folds (seeds
+        ``seed, seed + 1, …``) and aggregate by medians (Chernozhukov et al.
+        2018, §3.4): ``b̃ = median_r b_r`` and
+        ``V = median_r (V_r + (b_r − b̃)(b_r − b̃)ᵀ)`` elementwise, so the spread
+        over fold draws enters the standard errors.
 
     Returns
     -------
     LinearInference
         ``method="crossfit"``.
     residuals : tuple (v_tilde (N, k), u_tilde (N,), folds (N,))
+        Of the first draw.
     """
+    if not (isinstance(n_rep, (int, np.integer)) and not isinstance(n_rep, bool) and n_rep >= 1):
+        raise ValueError(f"n_rep must be an integer >= 1; got {n_rep!r}")
+    if n_rep > 1:
+        draws = [crossfit_inference(x, y, entity_codes, time_codes, lin=lin, nn=nn, names=names,
+                                    effects=effects, fit_nuisance=fit_nuisance, cv=cv,
+                                    seed=seed + r, cov_type=cov_type) for r in range(n_rep)]
+        coefs = np.array([d[0].coef for d in draws])                  # (R, k)
+        coef = np.median(coefs, axis=0)
+        dev = coefs - coef
+        cov = np.median(np.array([d[0].cov + np.outer(v, v) for d, v in zip(draws, dev)]),
+                        axis=0)
+        first = draws[0][0]
+        return first._replace(coef=coef, cov=(cov + cov.T) / 2), draws[0][1]
     _check_cov_type(cov_type)
     if effects == "none" or entity_codes is None:
         raise ValueError("inference='crossfit' needs unit effects (effects='entity' or "

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from .. import optim, train
+from ..train._held_out import lbfgs_held_out
 from ..layers._mlp import Scaling, fit_scaling
 from ._inputs import (
     AbsorbedFeaturesError, CollinearFeaturesError, NotIdentifiedError, SmallGroupsError,
@@ -415,7 +416,7 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
     elif solver == "lbfgs" and split is not None:
         # An L-BFGS iteration moves further than an epoch's worth of noise-free steps
         # and its held-out loss plateaus before falling again: wait 5× longer.
-        result = _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split,
+        result = lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split,
                                  int(max_iter), float(tol), 5 * int(patience))
     elif solver == "lbfgs":
         result = train.fit_lbfgs(net, params, state, xs, ys, loss=loss, l2=l2,
@@ -434,6 +435,11 @@ def fit_panel(x, y, entity=None, time=None, *, effects: str = "entity",
             shuffle=bool(shuffle), progress=bool(progress), groups=groups,
         )
 
+    if nn and early_stopping:
+        # Trained without the held-out units: their rows (and, with group-wise
+        # batch norm, their own statistics) join the stored statistics now.
+        result = result._replace(state=train.population_statistics(
+            net, result.params, result.state, xs, batch_size=batch_size, groups=groups))
     history = dict(result.history)
     history["selected"] = "network" if nn else "linear"
     model = PanelModel(
@@ -481,35 +487,6 @@ def _unit_split(ent_codes, n, fraction, seed):
 
 def _held_out_rows(split, ent_codes, n, fraction, seed):
     return split if split is not None else _unit_split(ent_codes, n, fraction, seed)
-
-
-def _lbfgs_held_out(net, params, state, xs, ys, loss, l2, groups, split, max_iter, tol,
-                    patience) -> train.FitResult:
-    """L-BFGS on the training units, stopped on the held-out units' within loss."""
-    from ..train._groups import take_factors
-
-    tr, va = split
-    g_tr, g_va = take_factors(groups, tr), take_factors(groups, va)
-    x_tr, y_tr, x_va, y_va = xs[tr], ys[tr], xs[va], ys[va]
-    best = {"loss": math.inf, "params": params, "it": 0}
-    val_curve = []
-
-    def watch(it, logs):
-        st = train.population_statistics(net, logs["params"], state, x_tr, groups=g_tr)
-        with quiet_unseen_groups():
-            value = train.loss_value(net, logs["params"], st, x_va, y_va, loss, groups=g_va)
-        val_curve.append(float(value))
-        if value < best["loss"] - tol:
-            best.update(loss=value, params=logs["params"], it=it)
-        return it - best["it"] >= patience
-
-    result = train.fit_lbfgs(net, params, state, x_tr, y_tr, loss=loss, l2=l2,
-                             max_iter=max_iter, tol=tol, groups=g_tr, callback=watch)
-    st = train.population_statistics(net, best["params"], state, x_tr, groups=g_tr)
-    history = dict(result.history)
-    history["val_loss"] = val_curve
-    return train.FitResult(best["params"], st, history, max(best["it"], 1),
-                           result.stopped_early)
 
 
 def _within_sq_residuals(y, y_hat, ent, time, effects) -> np.ndarray:

@@ -18,7 +18,7 @@ factors such as ``(unit, period)``). Layers that read labels
 mini-batches are made of whole groups of the first factor.
 """
 
-from ._fit import DivergenceError, FitResult, fit
+from ._fit import DivergenceError, FitResult, StallWarning, fit
 from ._grad import WITHIN_LOSSES, l2_penalty, loss_value, train_step, value_and_grad
 from ._hvp import hvp, value_grad_hvp
 from ._lbfgs import fit_lbfgs
@@ -39,5 +39,6 @@ __all__ = [
     "value_grad_hvp",
     "FitResult",
     "DivergenceError",
+    "StallWarning",
     "WITHIN_LOSSES",
 ]

@@ -14,11 +14,12 @@ from ._data import check_batch_size, check_xy, row_chunks, take_rows
 from ._fast import fast_step
 from ._grad import check_l2, resolve_loss, loss_value, value_and_grad
 from ._groups import as_factors, for_loss, group_batches, group_holdout, take_factors
-from ._result import (DivergenceError, FitResult, _all_finite, _Progress, divergence_error,
-                      is_nonfinite_error, positive_int)
+from ._result import (DivergenceError, FitResult, StallWarning, _all_finite, _Progress,
+                      _warn_if_still_falling, divergence_error, is_nonfinite_error,
+                      positive_int)
 from ._statistics import population_statistics
 
-__all__ = ["fit", "FitResult", "DivergenceError"]
+__all__ = ["fit", "FitResult", "DivergenceError", "StallWarning"]
 
 _DROP_LAST = ("merge", "drop", "keep")
 
@@ -323,6 +324,8 @@ def fit(net, params, state, x, y, *, loss="mse", optimizer: Optimizer | None = N
                     break
                 if early_stopping and wait >= patience:
                     stopped_early = True
+                    if not has_val:
+                        _warn_if_still_falling(history["loss"], patience, tol, epoch)
                     break
     finally:
         bar.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,7 +16,8 @@ import numpy as np
 from .._array_api import get_namespace
 from .._tree import tree_leaves
 
-__all__ = ["FitResult", "DivergenceError", "divergence_error", "is_nonfinite_error"]
+__all__ = ["FitResult", "DivergenceError", "StallWarning", "divergence_error",
+           "is_nonfinite_error"]
 
 
 class FitResult(NamedTuple):
@@ -44,6 +46,17 @@ class FitResult(NamedTuple):
     history: dict
     best_epoch: int
     stopped_early: bool
+
+
+class StallWarning(UserWarning):
+    """Training stopped on a stalled training loss that was still falling in every epoch.
+
+    Early stopping without validation data stops when the loss has not
+    improved by ``tol`` for ``patience`` epochs. If the loss nevertheless
+    fell in each of those epochs, the optimizer was moving slowly, not
+    converged (typically too few steps per epoch or too small a learning
+    rate): the result may be far from a minimum.
+    """
 
 
 class DivergenceError(ValueError):
@@ -113,6 +126,19 @@ class _Progress:
 
 
 # ----------------------------------------------------------------- fit
+def _warn_if_still_falling(losses, patience, tol, epoch) -> None:
+    """A :class:`StallWarning` when each of the last ``patience`` epochs lowered the loss."""
+    window = np.asarray(losses[-(patience + 1):], dtype=np.float64)
+    if window.size == patience + 1 and np.all(np.diff(window) < 0):
+        drop = float(window[0] - window[-1])
+        warnings.warn(
+            f"training stopped at epoch {epoch} because the training loss improved by less "
+            f"than tol={tol:g} per epoch for {patience} epochs, but it fell in every one of "
+            f"them (by {drop:.3g} in all): it was still descending slowly and may be far from "
+            "a minimum. Use more steps per epoch (a smaller batch), a larger learning rate, a "
+            "smaller tol, or full-batch L-BFGS", StallWarning, stacklevel=3)
+
+
 def _all_finite(tree) -> bool:
     for leaf in tree_leaves(tree):
         xp = get_namespace(leaf)
