@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim, train
-from ..layers._mlp import Scaling, build_mlp
+from ..layers._mlp import Scaling, auto_batch_size, build_mlp
 from ._common import UsageError
 from ..datasets import WAGE_PANEL_DROP, read_table, wage_panel_path
 
@@ -110,6 +110,8 @@ def _run(args, red) -> int:
         raise UsageError("--distributed supports regression (a numeric target) only")
     if args.plot:
         raise UsageError("--plot is not available with --distributed")
+    if args.solver == "auto":
+        args.solver = "adam"        # as one process does for a plain fit
     if args.data is None:
         table, lo, n = read_slice(wage_panel_path(), red.rank, red.size,
                                   source="wage_panel.csv.gz (bundled)")
@@ -161,7 +163,7 @@ def _run(args, red) -> int:
         lr = args.learning_rate or (1e-3 if args.solver == "adam" else 1e-2)
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
-        batch = min(args.batch_size or 200, len(tr))
+        batch = min(args.batch_size or auto_batch_size(len(tr)), len(tr))
         result = train.fit(
             net, params, state, xs[tr_local], ys[tr_local], loss="mse", optimizer=optimizer,
             epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,
