@@ -133,7 +133,7 @@ def cli_split(seeds) -> None:
     import tempfile
 
     from bnmat import load
-    from bnmat.cli.fit import _split
+    from bnmat.cli._common import _split
     from bnmat.cli import main as bnmat_main
 
     panel = load_wage_panel()

@@ -88,7 +88,7 @@ def test_predict_into_missing_folder_says_so(tmp_path, model, csv_path, capsys):
 def test_predictions_written_atomically(tmp_path, model, csv_path, capsys, monkeypatch):
     out = tmp_path / "out.csv"
     out.write_text("old\n")
-    import bnmat.cli.fit as cli_fit
+    import bnmat.cli._common as cli_fit
 
     def lines_then_disk_full(name, values):
         yield "y\n1.0\n"

@@ -31,7 +31,7 @@ def _wide_csv(path, n=60, p=54, seed=0):
 
 def test_features_selects_and_reads_only_those_columns(tmp_path, capsys, monkeypatch):
     path = _wide_csv(tmp_path / "wide.csv")
-    import bnmat.cli.fit as cli_fit
+    import bnmat.cli._table as cli_fit
     seen = {}
     real = cli_fit.read_table
 

@@ -345,7 +345,7 @@ def test_repeated_crossfit_takes_medians_and_adds_the_spread():
 def test_bnmat_fit_without_hidden_layers_is_least_squares(tmp_path, capsys):
     from sklearn.linear_model import LinearRegression
 
-    from bnmat.cli.fit import _split
+    from bnmat.cli._common import _split
     from bnmat.cli import main
 
     rng = np.random.default_rng(12)

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             from .fit import run_fit
             return run_fit(args)
         if args.command == "predict":
-            from .fit import run_predict
+            from .predict import run_predict
             return run_predict(args)
         if args.command == "gradcheck":
             return _run_gradcheck(args)

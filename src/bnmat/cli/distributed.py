@@ -101,7 +101,7 @@ def _global_r2(red, y, y_hat) -> float:
 
 
 def _run(args, red) -> int:
-    from .fit import CLI_FORMAT, _fmt_metric, _json_float, _split
+    from ._common import CLI_FORMAT, _fmt_metric, _json_float, _split
 
     if getattr(args, "entity", None) is not None:
         raise UsageError("--distributed trains the plain network; panel models (--entity) "

@@ -216,8 +216,8 @@ def _within_r2(model, x, y, ent, per, rows) -> float:
 
 def run_fit_panel(args) -> int:
     """``bnmat fit --entity COL``: a fixed-effects network; metrics, coefficients, model file."""
-    from .fit import (_fmt_metric, _json_float, _load_training_table, _plot,
-                      apply_missing_policy, design_matrix)
+    from ._common import _fmt_metric, _json_float, _plot
+    from ._table import _load_training_table, apply_missing_policy, design_matrix
 
     if args.classify:
         raise UsageError("--classify cannot be used with --entity: panel models are "
@@ -381,7 +381,7 @@ def _unseen_note(labels, known, what: str) -> str | None:
 
 def run_predict_panel(args, meta) -> int:
     """``bnmat predict`` with a panel model: effects for seen units, f alone for new ones."""
-    from .fit import write_predictions
+    from ._common import write_predictions
 
     entity, time = meta.get("entity"), meta.get("time")
     if not entity:
@@ -414,7 +414,7 @@ def run_predict_panel(args, meta) -> int:
     if not table.rows:
         raise UsageError(f"{table.source}: the file has a header but no rows")
     if levels:
-        from .fit import design_matrix
+        from ._table import design_matrix
 
         x = design_matrix(table, features, levels)[0]
     else:
