@@ -20,7 +20,8 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..estimators._base import _BNMLPBase, auto_batch_size, auto_solver
+from ..estimators._base import _BNMLPBase
+from ..layers._mlp import auto_batch_size, auto_solver
 from ..estimators._transaction import transactional_fit
 from .inference import COV_TYPES, INFERENCE, crossfit_inference, within_inference
 from .model import EFFECTS, fit_panel, within_r2_score

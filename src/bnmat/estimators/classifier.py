@@ -1,0 +1,144 @@
+"""The classifier: :class:`BNMLPClassifier`."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+from ..ops.losses import log_softmax
+from ._base import _FLOATS, _BNMLPBase, _sample_weight
+from ._transaction import transactional_fit
+
+__all__ = ["BNMLPClassifier"]
+
+
+class BNMLPClassifier(ClassifierMixin, _BNMLPBase):
+    """Multilayer perceptron classifier with batch normalization after every hidden layer.
+
+    The network is :class:`BNMLPRegressor`'s with one output per class (also
+    for two classes), trained on the softmax cross-entropy::
+
+        R(θ) = −(1/N) Σᵢ log softmax(ŷᵢ)_{cᵢ} + (α / 2N) Σₗ ‖Γₗ‖²_F
+
+    (scikit-learn's ``MLPClassifier`` objective, with the penalty over the N
+    training rows rather than the mini-batch). Labels may be numbers or
+    strings; multilabel targets are not supported.
+
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate_init, \
+max_iter, shuffle, random_state, tol, verbose, momentum, nesterovs_momentum, \
+early_stopping, validation_fraction, n_iter_no_change, bn_eps, bn_ddof, bn_decay
+        As in :class:`BNMLPRegressor`. With ``early_stopping`` the validation
+        split is stratified by class.
+
+    Attributes
+    ----------
+    classes_ : ndarray, shape (n_classes,)
+    net_, params_, state_, x_scaling_, n_features_in_, feature_names_in_, \
+n_outputs_, loss_curve_, best_loss_, n_iter_
+        As in :class:`BNMLPRegressor`.
+    validation_scores_ : list of float or None
+        With ``early_stopping``: accuracy on the held-out rows per epoch.
+        Stopping and the choice of the kept epoch use the validation
+        cross-entropy, which changes smoothly, not the accuracy.
+    best_validation_score_ : float or None
+        The accuracy of the kept epoch (lowest validation cross-entropy).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from bnmat import BNMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = BNMLPClassifier(random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:1]).shape
+    (1, 3)
+    """
+
+    _loss_name = "softmax_cross_entropy"
+    _l2_factor = 1.0  # α‖W‖²/(2N), scikit-learn's
+
+    @transactional_fit
+    def fit(self, X, y, sample_weight=None):
+        """Fit the network to X and the class labels y.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, p)
+        y : array-like, shape (N,)
+            Class labels (numbers or strings), at least two distinct.
+        sample_weight : array-like, shape (N,), optional
+            Frequency weights, as in :meth:`BNMLPRegressor.fit`.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            As :meth:`BNMLPRegressor.fit`; also a continuous or multilabel y,
+            or a single class.
+        """
+        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C")
+        sw = _sample_weight(sample_weight, X.shape[0])
+        check_classification_targets(y)
+        self._check_rows(X.shape[0])
+        classes, codes = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes; the data "
+                f"contain only 1 class ({classes.tolist()[0]!r})"
+            )
+        self.classes_ = classes
+        onehot = np.zeros((X.shape[0], classes.shape[0]), dtype=X.dtype)
+        onehot[np.arange(X.shape[0]), codes] = 1
+        return self._fit_network(X, onehot, stratify=codes, sample_weight=sw)
+
+    def _validation_score(self, out, t_val) -> float:
+        return float(np.mean(np.argmax(out, axis=1) == np.argmax(t_val, axis=1)))
+
+    def predict_log_proba(self, X):
+        """Log class probabilities, ``log softmax`` of the network output.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+
+        Returns
+        -------
+        ndarray, shape (M, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        return np.asarray(log_softmax(self._forward(X)))
+
+    def predict_proba(self, X):
+        """Class probabilities, ``softmax`` of the network output.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+
+        Returns
+        -------
+        ndarray, shape (M, n_classes)
+            Rows sum to one; columns in the order of ``classes_``.
+        """
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X):
+        """Most probable class for each row of X.
+
+        Parameters
+        ----------
+        X : array-like, shape (M, p)
+
+        Returns
+        -------
+        ndarray, shape (M,)
+            Labels from ``classes_``.
+        """
+        z = self._forward(X)  # checks that the model is fitted
+        return self.classes_[np.argmax(z, axis=1)]
