@@ -48,7 +48,7 @@ def _chunks(n: int, rows: int):
 def predict_chunked(net, params, state, x, rows: int = CHUNK_ROWS) -> np.ndarray:
     """``net.predict(params, state, x)`` (inference mode), a chunk of ``rows`` rows at a time.
 
-    For the command line's networks (:func:`bnmat._mlp.build_mlp`: a flat
+    For the command line's networks (:func:`bnmat.layers._mlp.build_mlp`: a flat
     ``Sequential`` of Dense, BatchNorm and activation layers) each batch norm
     is folded into the dense layer before it, since in inference mode it is an
     affine map per column::

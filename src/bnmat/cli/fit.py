@@ -152,7 +152,7 @@ def _run_fit_plain(args) -> int:
         optimizer = optim.adam(lr) if args.solver == "adam" else optim.sgd(lr, momentum=0.9,
                                                                            nesterov=True)
         batch = min(args.batch_size or auto_batch_size(len(tr)), len(tr))
-        with one_blas_thread():   # mini-batch products are small: see bnmat._chunked
+        with one_blas_thread():   # mini-batch products are small: see bnmat.cli._chunked
             result = train.fit(
                 net, params, state, xs_tr, ys_tr, loss=loss, optimizer=optimizer,
                 epochs=args.epochs, batch_size=batch, l2=l2, validation_data=validation,

@@ -21,7 +21,7 @@ Two estimators of b in ``y_it = α_i (+ τ_t) + x_lin,itᵀ b + f(x_nn,it) + e_i
   are the covariance of :func:`linear_covariance` applied to (Ṽ, ũ).
 
 This module needs NumPy and SciPy only; the fitting of the nuisance networks
-is :func:`bnmat.panel_model.fit_panel`'s.
+is :func:`bnmat.panel.model.fit_panel`'s.
 """
 
 from __future__ import annotations
