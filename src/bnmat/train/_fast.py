@@ -92,6 +92,11 @@ def fast_step(net, params, state, x, y, loss, optimizer, l2, factors):
                                    and p["b"].shape == (width,)):
                 return None
         elif kind is BatchNorm:
+            # default switches only (a layer without centring/scaling, without
+            # running statistics, or with sample weights runs its own forward)
+            if not all(getattr(layer, switch, True) is True
+                       for switch in ("center", "scale", "track_running_stats")):
+                return None
             if not (isinstance(p, dict) and set(p) == {"gamma", "beta"} and isinstance(s, dict)
                     and {"mean", "var"} <= set(s) <= {"mean", "var", "count"}):
                 return None
