@@ -244,6 +244,9 @@ def worker_mem(args):
 
 
 JOB_VARIANTS = ["bnmat", "bnmat_numpy", "bnmat_general", "torch_eager", "sklearn"]
+#: thread settings of the job part: as installed (every library's default on
+#: all cores) and one thread for every library (OpenBLAS, OpenMP/torch, numba)
+JOB_THREADS = ["default", "1"]
 
 
 def _job_data():
@@ -499,16 +502,21 @@ def main(argv=None):
     if "job" in parts:
         rounds = 2 if args.quick else 3
         variants = [v for v in JOB_VARIANTS if v != "sklearn" or _have("sklearn")]
-        for r in range(rounds):
-            order = variants if r % 2 == 0 else variants[::-1]
-            for v in order:
-                log(f"job round {r + 1}: {v} ...")
-                env = {"BNMAT_DISABLE_KERNELS": "1"} if v == "bnmat_numpy" else {}
-                if v == "bnmat_general":
-                    env = {"BNMAT_DISABLE_FAST_STEP": "1"}
-                res = spawn(["job", "--variant", v, "--budget", 1 if args.quick else 2], env)
-                res["round"] = r
-                record("job", res)
+        for threads in JOB_THREADS:
+            for r in range(rounds):
+                order = variants if r % 2 == 0 else variants[::-1]
+                for v in order:
+                    log(f"job [{threads} threads] round {r + 1}: {v} ...")
+                    env = {"BNMAT_DISABLE_KERNELS": "1"} if v == "bnmat_numpy" else {}
+                    if v == "bnmat_general":
+                        env = {"BNMAT_DISABLE_FAST_STEP": "1"}
+                    if threads == "1":
+                        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                                   MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+                    res = spawn(["job", "--variant", v, "--budget", 1 if args.quick else 2],
+                                env)
+                    res["round"], res["threads"] = r, threads
+                    record("job", res)
     if "cold" in parts:
         log("cold start of bnmat fit (empty numba cache), then warm ...")
         R["cold"] = spawn(["cold"], timeout=1800)
@@ -540,15 +548,24 @@ def _median(v):
 
 
 def render_job(R):
-    """The users' job: medians per variant and same-round ratios to torch and scikit-learn."""
-    rows = [r for r in R["job"] if "error" not in r]
+    """The users' job, per thread setting: medians and same-round ratios."""
+    out = []
+    for threads in JOB_THREADS:
+        rows = [r for r in R["job"] if "error" not in r and r.get("threads", "default") == threads]
+        if rows:
+            out.append(_render_job_rows(rows, threads, R))
+    return "\n\n".join(out)
+
+
+def _render_job_rows(rows, threads, R):
     by = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
     best = {(r["variant"], r["round"]): min(r["wall"]) for r in rows}
     rounds = sorted({r["round"] for r in rows})
+    label = "as installed (all cores)" if threads == "default" else "one thread per library"
     out = ["### The users' job: 50 epochs, Adam, batch 200, 10→64→BN→ReLU→64→BN→ReLU→1, "
-           "float64, 3,488 rows", "",
+           f"float64, 3,488 rows — {label}", "",
            "| variant | wall (median of runs) | CPU | final loss | × torch eager (per round) "
            "| × scikit-learn (per round) |", "|---|---|---|---|---|---|"]
     for v in JOB_VARIANTS:
