@@ -29,6 +29,9 @@ GLIBC_TUNABLES removed from its environment):
         eager and scikit-learn's MLPRegressor (no batch norm), each run in its
         own process, rounds alternating the order; reported as medians and as
         same-round ratios
+  threshold  the public batch-norm ops on the kernels and on the reference
+        formulas, interleaved in one process, from 8×64 to 256×64 (where
+        ``MIN_ELEMENTS`` sends NumPy input to the kernels)
   cold  ``bnmat fit`` (the command line, defaults, wage panel) as a fresh
         install runs it (an empty numba cache: the kernels compile in the
         background) against the warm run after the compile finished
@@ -244,6 +247,9 @@ def worker_mem(args):
 
 
 JOB_VARIANTS = ["bnmat", "bnmat_numpy", "bnmat_general", "torch_eager", "sklearn"]
+#: thread settings of the job part: as installed (every library's default on
+#: all cores) and one thread for every library (OpenBLAS, OpenMP/torch, numba)
+JOB_THREADS = ["default", "1"]
 
 
 def _job_data():
@@ -356,8 +362,56 @@ def worker_cold(args):
     return {"cold": cold, "warm": warm, "background_compile_wait_s": compile_s}
 
 
+THRESHOLD_SHAPES = [(8, 64), (16, 64), (32, 64), (64, 64), (128, 64), (256, 64)]
+
+
+def worker_threshold(args):
+    """Public batch-norm ops (forward + backward) on the kernels and on the reference
+    formulas, interleaved in one process, at sizes around ``MIN_ELEMENTS``."""
+    import time as _time
+
+    import numpy as np
+
+    from bnmat import ops
+    from bnmat._kernels import _config
+
+    def quartile(f, n=300):
+        for _ in range(20):
+            f()
+        ts = []
+        for _ in range(n):
+            t = _time.perf_counter()
+            f()
+            ts.append(_time.perf_counter() - t)
+        ts.sort()
+        return ts[len(ts) // 4]
+
+    rows = []
+    for dtype in ("float32", "float64"):
+        for n, p in THRESHOLD_SHAPES:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, p)).astype(dtype)
+            dy = rng.standard_normal((n, p)).astype(dtype)
+            g, b = np.ones(p, dtype), np.zeros(p, dtype)
+
+            def run():
+                _, cache = ops.batchnorm_forward(x, g, b)
+                ops.batchnorm_backward(dy, cache)
+
+            kern, ref = [], []
+            for _ in range(2):
+                _config.MIN_ELEMENTS = 0
+                kern.append(quartile(run))
+                os.environ["BNMAT_DISABLE_KERNELS"] = "1"
+                ref.append(quartile(run))
+                del os.environ["BNMAT_DISABLE_KERNELS"]
+            rows.append(dict(dtype=dtype, N=n, p=p, kernel=min(kern), reference=min(ref)))
+    return {"rows": rows, "min_elements": int(os.environ.get("BNMAT_KERNELS_MIN_ELEMENTS",
+                                                              "4096"))}
+
+
 WORKERS = {"bw": worker_bw, "bn": worker_bn, "mlp": worker_mlp, "mem": worker_mem,
-           "job": worker_job, "cold": worker_cold}
+           "job": worker_job, "cold": worker_cold, "threshold": worker_threshold}
 
 
 # ============================================================================ orchestration
@@ -499,16 +553,24 @@ def main(argv=None):
     if "job" in parts:
         rounds = 2 if args.quick else 3
         variants = [v for v in JOB_VARIANTS if v != "sklearn" or _have("sklearn")]
-        for r in range(rounds):
-            order = variants if r % 2 == 0 else variants[::-1]
-            for v in order:
-                log(f"job round {r + 1}: {v} ...")
-                env = {"BNMAT_DISABLE_KERNELS": "1"} if v == "bnmat_numpy" else {}
-                if v == "bnmat_general":
-                    env = {"BNMAT_DISABLE_FAST_STEP": "1"}
-                res = spawn(["job", "--variant", v, "--budget", 1 if args.quick else 2], env)
-                res["round"] = r
-                record("job", res)
+        for threads in JOB_THREADS:
+            for r in range(rounds):
+                order = variants if r % 2 == 0 else variants[::-1]
+                for v in order:
+                    log(f"job [{threads} threads] round {r + 1}: {v} ...")
+                    env = {"BNMAT_DISABLE_KERNELS": "1"} if v == "bnmat_numpy" else {}
+                    if v == "bnmat_general":
+                        env = {"BNMAT_DISABLE_FAST_STEP": "1"}
+                    if threads == "1":
+                        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                                   MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+                    res = spawn(["job", "--variant", v, "--budget", 1 if args.quick else 2],
+                                env)
+                    res["round"], res["threads"] = r, threads
+                    record("job", res)
+    if "threshold" in parts:
+        log("dispatch threshold: kernels against the reference formulas ...")
+        R["threshold"] = spawn(["threshold"])
     if "cold" in parts:
         log("cold start of bnmat fit (empty numba cache), then warm ...")
         R["cold"] = spawn(["cold"], timeout=1800)
@@ -531,6 +593,8 @@ def render(R):
         parts.append(render_job(R))
     if R.get("cold"):
         parts.append(render_cold(R["cold"]))
+    if R.get("threshold"):
+        parts.append(render_threshold(R["threshold"]))
     return "\n\n".join(parts)
 
 
@@ -540,15 +604,24 @@ def _median(v):
 
 
 def render_job(R):
-    """The users' job: medians per variant and same-round ratios to torch and scikit-learn."""
-    rows = [r for r in R["job"] if "error" not in r]
+    """The users' job, per thread setting: medians and same-round ratios."""
+    out = []
+    for threads in JOB_THREADS:
+        rows = [r for r in R["job"] if "error" not in r and r.get("threads", "default") == threads]
+        if rows:
+            out.append(_render_job_rows(rows, threads, R))
+    return "\n\n".join(out)
+
+
+def _render_job_rows(rows, threads, R):
     by = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
     best = {(r["variant"], r["round"]): min(r["wall"]) for r in rows}
     rounds = sorted({r["round"] for r in rows})
+    label = "as installed (all cores)" if threads == "default" else "one thread per library"
     out = ["### The users' job: 50 epochs, Adam, batch 200, 10→64→BN→ReLU→64→BN→ReLU→1, "
-           "float64, 3,488 rows", "",
+           f"float64, 3,488 rows — {label}", "",
            "| variant | wall (median of runs) | CPU | final loss | × torch eager (per round) "
            "| × scikit-learn (per round) |", "|---|---|---|---|---|---|"]
     for v in JOB_VARIANTS:
@@ -566,6 +639,19 @@ def render_job(R):
                    f"| {ratios['sklearn']} |")
     out.append("")
     out.append(f"load average at start: {R['machine'].get('loadavg', '?')}")
+    return "\n".join(out)
+
+
+def render_threshold(T):
+    if "error" in T:
+        return "### Dispatch threshold\n\nERROR " + T["error"][-400:]
+    out = ["### Dispatch threshold: public BN forward + backward, first quartile of 300 calls",
+           "", "| dtype | N×p | elements | kernels | reference formulas | kernels / reference |",
+           "|---|---|---|---|---|---|"]
+    for r in T["rows"]:
+        out.append(f"| {r['dtype']} | {r['N']}×{r['p']} | {r['N'] * r['p']} | "
+                   f"{r['kernel'] * 1e6:.0f} µs | {r['reference'] * 1e6:.0f} µs | "
+                   f"{r['kernel'] / r['reference']:.2f} |")
     return "\n".join(out)
 
 

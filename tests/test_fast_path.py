@@ -376,6 +376,21 @@ def test_fit_lean_step_float32(monkeypatch):
     _assert_trees_close(fast.params, ref.params, 2e-4)
 
 
+def test_fit_lean_step_float32_x_with_float64_y(monkeypatch):
+    x, y = _fit_problem(np.float32)
+    y64 = y.astype(np.float64) + 1e-3          # not representable in float32
+    net = _mlp()
+    calls = []
+    real = _fit_module.value_and_grad
+    monkeypatch.setattr(_fit_module, "value_and_grad",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fast = _fit_with(net, x, y64, monkeypatch, fast=True, loss="mse")
+    assert calls == []
+    ref = _fit_with(net, x, y64, monkeypatch, fast=False, loss="mse")
+    _assert_trees_close(fast.params, ref.params, 2e-4)
+    np.testing.assert_allclose(fast.history["loss"], ref.history["loss"], rtol=1e-4)
+
+
 def test_fit_lean_step_only_where_it_applies():
     x, y = _fit_problem()
     net = _mlp()
@@ -387,7 +402,9 @@ def test_fit_lean_step_only_where_it_applies():
     assert _fast.fast_step(net, params, state, x, y, "softmax_cross_entropy", adam, 0.0,
                            None) is None
     assert _fast.fast_step(net, params, state, x.astype(np.float32), y, "mse", adam, 0.0,
-                           None) is None
+                           None) is None            # float64 parameters, float32 x
+    assert _fast.fast_step(net, params, state, x, y.astype(np.int64), "mse", adam, 0.0,
+                           None) is None            # integer y: the loss's own conversion
     grouped = bnmat.Sequential([bnmat.Dense(4), bnmat.GroupBatchNorm(), bnmat.Dense(1)])
     gp, gs = grouped.init(x, seed=0)
     assert _fast.fast_step(grouped, gp, gs, x, y, "mse", adam, 0.0, None) is None

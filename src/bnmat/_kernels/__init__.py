@@ -26,8 +26,12 @@ When the kernels run
 * numba is installed (``pip install bnmat[fast]``); see :func:`available`;
 * the environment variable ``BNMAT_DISABLE_KERNELS`` is not ``1`` (read at every
   call); see :func:`enabled`;
-* every array argument is a plain ``numpy.ndarray`` (torch, CuPy, JAX and
-  array_api_strict arrays always take the reference path);
+* the kernels are compiled for this machine: otherwise they are compiled in a
+  background process, announced once on stderr, and this process keeps to the
+  reference formulas (``BNMAT_KERNELS_COMPILE=sync`` compiles in the
+  foreground instead); see :mod:`bnmat._kernels._warm`;
+* every array argument is a plain ``numpy.ndarray`` in the machine's byte order
+  (torch, CuPy, JAX and array_api_strict arrays always take the reference path);
 * the input has at least :data:`MIN_ELEMENTS` elements;
 * the process is not a child forked after the kernels ran (OpenMP is not
   fork-safe; such a child uses the reference formulas).
@@ -35,6 +39,11 @@ When the kernels run
 Beyond the ops: output buffers (``out=``) for training loops, and batch norm
 fused with ReLU (:func:`batchnorm_relu_forward`, :func:`batchnorm_relu_backward`),
 which never stores the batch-norm output and recomputes the ReLU mask from x.
+
+The kernels raise no errors of their own: NaN/inf, a variance or s that does
+not fit the dtype, zero variance with eps = 0, and statistics outside the range
+where their arithmetic matches the reference's go to the reference formulas,
+which decide the result or the error (``tests/test_kernel_parity.py``).
 
 The kernel caches hold x itself (X̂ is recomputed), so x must not be written
 into between a forward and its backward pass.

@@ -128,7 +128,7 @@ def _spawn_background_compile() -> None:
     import sys
 
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
+    env = dict(os.environ, BNMAT_WARM_BACKGROUND="1")
     env["PYTHONPATH"] = os.pathsep.join(
         [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:

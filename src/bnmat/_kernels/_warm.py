@@ -108,7 +108,16 @@ def write_marker() -> bool:
 
 
 def main() -> int:
-    """Compile everything, then write the marker (``python -m bnmat._kernels._warm``)."""
+    """Compile everything, then write the marker (``python -m bnmat._kernels._warm``).
+
+    Started by bnmat in the background (``BNMAT_WARM_BACKGROUND=1``), it runs at
+    a low CPU priority (nice 10), so that the run that started it is hardly slowed.
+    """
+    if os.environ.get("BNMAT_WARM_BACKGROUND") == "1" and hasattr(os, "nice"):
+        try:
+            os.nice(10)
+        except OSError:
+            pass
     compile_all()
     return 0 if write_marker() else 1
 

@@ -69,7 +69,9 @@ def fast_step(net, params, state, x, y, loss, optimizer, l2, factors):
         return None
     if type(x) is not np.ndarray or x.dtype not in _FLOATS or x.ndim != 2:
         return None
-    if type(y) is not np.ndarray or y.dtype != x.dtype or y.ndim not in (1, 2):
+    # y of another float dtype is cast to x's per batch, as the losses do
+    # (float16 → float32 → float64 is exact, so one cast equals their two)
+    if type(y) is not np.ndarray or y.dtype.kind != "f" or y.ndim not in (1, 2):
         return None
     if not isinstance(params, list) or not isinstance(state, list):
         return None
@@ -92,6 +94,11 @@ def fast_step(net, params, state, x, y, loss, optimizer, l2, factors):
                                    and p["b"].shape == (width,)):
                 return None
         elif kind is BatchNorm:
+            # default switches only (a layer without centring/scaling, without
+            # running statistics, or with sample weights runs its own forward)
+            if not all(getattr(layer, switch, True) is True
+                       for switch in ("center", "scale", "track_running_stats")):
+                return None
             if not (isinstance(p, dict) and set(p) == {"gamma", "beta"} and isinstance(s, dict)
                     and {"mean", "var"} <= set(s) <= {"mean", "var", "count"}):
                 return None
@@ -289,6 +296,8 @@ class FastStep:
                 i += 1
         # the loss, R = Σ r² (sse) or Σ r²/(N·k) (mse), r = ŷ − y
         y = yb.reshape(n, -1) if yb.ndim == 1 else yb
+        if y.dtype != dt:
+            y = y.astype(dt)
         g = buf.g[len(layers) - 1]
         np.subtract(h, y, out=g)
         value = float(np.dot(g.ravel(), g.ravel()))
