@@ -19,8 +19,11 @@ import math
 
 import numpy as np
 
+from .. import _array_api
+from ..ops import _types
 from . import _config
 from ._caches import BatchNormKernelCache, BatchNormReLUCache
+from ._reference import reference
 
 __all__ = [
     "batchnorm_backward",
@@ -81,22 +84,12 @@ def _plain_vector(v, p) -> bool:
     return v.ndim == 1 and v.shape[0] == p and v.dtype.kind in "fiub" and v.dtype.itemsize <= 8
 
 
-_refs = {}
-
-
 def _ref(name):
-    """A name from bnmat.ops.batchnorm / bnmat._array_api, imported once (they import
-    this package's caches, so not at module level)."""
-    try:
-        return _refs[name]
-    except KeyError:
-        from .. import _array_api
-        from ..ops import batchnorm
-
-        for mod in (batchnorm, _array_api):
-            for key in dir(mod):
-                _refs.setdefault(key, getattr(mod, key))
-        return _refs[name]
+    """A check or type shared with the ops, or a registered reference formula."""
+    for mod in (_types, _array_api):
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    return reference(name)
 
 
 def _validated(x, gamma, beta, eps, ddof):
@@ -112,7 +105,7 @@ def _validated(x, gamma, beta, eps, ddof):
         beta = np.ascontiguousarray(beta, dtype=x.dtype)
         return x, gamma, beta, eps, ddof
     from .._array_api import as_float, check_2d, check_finite, get_namespace
-    from ..ops.batchnorm import _check_param
+    _check_param = _types._check_param
 
     xp = get_namespace(x, gamma, beta)
     x = check_2d(as_float(x, "x", xp), "x")
@@ -244,7 +237,7 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=N
         result = _forward(x, gamma, beta, eps, ddof, False, out)
         if result is not None:
             return result
-    from ..ops.batchnorm import batchnorm_forward as reference
+    reference = _ref("batchnorm_forward")
 
     with _config.reference_only():
         y, cache = reference(x, gamma, beta, eps=eps, ddof=ddof)
@@ -343,8 +336,7 @@ def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, 
         result = _forward(x, gamma, beta, eps, ddof, True, out)
         if result is not None:
             return result[0], BatchNormReLUCache(bn=result[1], relu=None)
-    from ..ops.activations import relu_forward
-    from ..ops.batchnorm import batchnorm_forward as bn_forward
+    relu_forward, bn_forward = _ref("relu_forward"), _ref("batchnorm_forward")
 
     with _config.reference_only():
         y, bn_cache = bn_forward(x, gamma, beta, eps=eps, ddof=ddof)
@@ -389,7 +381,7 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
                 return grads
         # Kernels switched off since the forward pass: the same mask (the same
         # uncontracted operations in x's dtype), then the reference formula.
-        from ..ops.batchnorm import batchnorm_backward as reference
+        reference = _ref("batchnorm_backward")
 
         dh = _prepare_dy(dh, bn.x.shape, bn.x.dtype)
         b = ((bn.x - bn.mean) - bn.mean_lo) * bn.scale + bn.beta
@@ -397,8 +389,7 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
         with _config.reference_only():
             grads = reference(g, bn.to_reference())
         return grads._replace(dx=_into(out, grads.dx))
-    from ..ops.activations import relu_backward
-    from ..ops.batchnorm import batchnorm_backward as bn_backward
+    relu_backward, bn_backward = _ref("relu_backward"), _ref("batchnorm_backward")
 
     grads = bn_backward(relu_backward(dh, cache.relu), bn)
     return grads._replace(dx=_into(out, grads.dx))

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..ops.batchnorm import BatchNormCache
-from ..ops.batchnorm_inference import BatchNormInferenceCache
+from ..ops._types import BatchNormCache, BatchNormInferenceCache
 
 Array = Any
 

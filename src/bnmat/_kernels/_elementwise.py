@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops._types import ActivationCache
 from . import _config
 from ._caches import BatchNormInferenceKernelCache
+from ._reference import reference
 
 __all__ = [
     "batchnorm_inference_backward",
@@ -50,10 +52,8 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
     y : array, shape (N, p)
     cache : BatchNormInferenceKernelCache or bnmat.ops.BatchNormInferenceCache
     """
-    from ..ops import batchnorm_inference as ref
-
     if not _config.wants(x, gamma, beta, mean, var):
-        return ref.batchnorm_inference_forward(x, gamma, beta, mean, var, eps=eps)
+        return reference("batchnorm_inference_forward")(x, gamma, beta, mean, var, eps=eps)
     from .._array_api import (
         as_float,
         check_2d,
@@ -61,7 +61,7 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5)
         check_vector,
         get_namespace,
     )
-    from ..ops.batchnorm import _first, check_eps
+    from ..ops._types import _first, check_eps
 
     # The reference's validation, in its order and words; x's values are
     # checked inside the kernel's pass (explicitly only on an error path).
@@ -108,11 +108,9 @@ def batchnorm_inference_backward(dy, cache):
     The kernel cache is turned into the reference one (X̂ recomputed, bitwise)
     and the reference formula runs.
     """
-    from ..ops import batchnorm_inference as ref
-
     if isinstance(cache, BatchNormInferenceKernelCache):
         cache = cache.to_reference()
-    return ref.batchnorm_inference_backward(dy, cache)
+    return reference("batchnorm_inference_backward")(dy, cache)
 
 
 def _flat(a):
@@ -153,14 +151,12 @@ def relu_forward(x):
     y : array, same shape and dtype
     cache : ActivationCache (holds x)
     """
-    from ..ops import activations as ref
-
     if not relu_forward_applies(x):
-        return ref.relu_forward(x)
+        return reference("relu_forward")(x)
     y = np.empty_like(np.asarray(x))
     with _config.kernel_call(x.size):
         _kernels().relu_forward(_flat(x), _flat(y))
-    return y, ref.ActivationCache(x)
+    return y, ActivationCache(x)
 
 
 def relu_backward(dy, cache):
@@ -175,10 +171,8 @@ def relu_backward(dy, cache):
     -------
     dx : array, same shape
     """
-    from ..ops import activations as ref
-
     if not relu_backward_applies(dy, cache):
-        return ref.relu_backward(dy, cache)
+        return reference("relu_backward")(dy, cache)
     x = cache.saved
     dx = np.empty_like(np.asarray(x))
     with _config.kernel_call(x.size):

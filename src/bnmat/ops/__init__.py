@@ -43,3 +43,17 @@ __all__ = [
     *_gbn_all, *_gbni_all, *_within_all, *_bnd_all, *_dbl_all, *_bnw_all,
     *_bnis_all, *_ln_all, *_brn_all, *_gbnd_all,
 ]
+
+# The fused kernels behind these ops hand calls they cannot match bit for bit
+# back to the reference formulas; they receive them here rather than import an
+# op module (the ops dispatch to the kernels: that would be a cycle).
+from .._kernels._reference import register_references as _register  # noqa: E402
+
+_register(
+    batchnorm_forward=batchnorm_forward,                        # noqa: F405
+    batchnorm_backward=batchnorm_backward,                      # noqa: F405
+    batchnorm_inference_forward=batchnorm_inference_forward,    # noqa: F405
+    batchnorm_inference_backward=batchnorm_inference_backward,  # noqa: F405
+    relu_forward=relu_forward,                                  # noqa: F405
+    relu_backward=relu_backward,                                # noqa: F405
+)

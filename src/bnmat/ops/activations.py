@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from .._array_api import Array, as_float, get_namespace
+from .._array_api import as_float, get_namespace
+from ._types import ActivationCache
 
 __all__ = [
     "ACTIVATIONS",
@@ -21,11 +22,6 @@ __all__ = [
     "softplus_forward", "softplus_backward",
     "identity_forward", "identity_backward",
 ]
-
-
-class ActivationCache(NamedTuple):
-    saved: Array   # (N, p) the input or the output, as each backward states
-    slope: float = 0.0
 
 
 def _prepare(x):

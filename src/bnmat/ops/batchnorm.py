@@ -11,19 +11,9 @@ The proofs of the backward formulas are in ``docs/derivation.md``.
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import NamedTuple
-
-from .._array_api import (
-    Array,
-    as_float,
-    check_2d,
-    check_finite,
-    check_vector,
-    get_namespace,
-    to_numpy,
-)
+from .._array_api import as_float, check_2d, check_finite, get_namespace
+from ._types import (BatchNormCache, BatchNormGrads, ColumnMoments, _accumulator, _check_param,
+                     _first, check_ddof, check_eps)
 
 __all__ = [
     "BatchNormCache",
@@ -35,32 +25,6 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_backward",
 ]
-
-
-class BatchNormCache(NamedTuple):
-    x_hat: Array     # (N, p)  Ẑ, the standardized input
-    inv_std: Array   # (p,)    s = (σ² + ε)^(−1/2)
-    gamma: Array     # (p,)
-    mean: Array      # (p,)    μ, read by layers for running statistics
-    var: Array       # (p,)    σ² with the op's ddof
-    ddof: int
-
-
-class BatchNormGrads(NamedTuple):
-    dx: Array        # (N, p)
-    dgamma: Array    # (p,)
-    dbeta: Array     # (p,)
-
-
-class ColumnMoments(NamedTuple):
-    mean: Array      # (p,)   float64 when the input is float32
-    var: Array       # (p,)   Σ(x − mean)² / (N − ddof)
-    centered: Array  # (N, p) x − mean, in the input's dtype
-
-
-def _accumulator(xp, dtype):
-    """float64 for float32 (and float16) data: statistics are never summed in low precision."""
-    return dtype if dtype == xp.float64 else xp.float64
 
 
 def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
@@ -112,31 +76,6 @@ def column_moments(x, *, ddof: int = 0, xp=None) -> ColumnMoments:
     # the centered columns sum to zero.
     centered = xp.astype(d - delta, x.dtype)
     return ColumnMoments(mean=mean, var=var, centered=centered)
-
-
-def check_eps(eps) -> float:
-    """Return ε as a float; raise ``ValueError`` unless it is a finite number ≥ 0."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
-        math.isfinite(eps) and eps >= 0
-    ):
-        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
-    return float(eps)
-
-
-def check_ddof(ddof) -> int:
-    """Return ddof as an int; raise ``ValueError`` unless it is an integer ≥ 0."""
-    if isinstance(ddof, bool) or not isinstance(ddof, numbers.Integral) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative integer; got {ddof!r}")
-    return int(ddof)
-
-
-def _check_param(v, name, p, xp, dtype):
-    v = as_float(v, name, xp)
-    return xp.astype(check_vector(v, name, p), dtype, copy=False)
-
-
-def _first(mask) -> int:
-    return int(to_numpy(mask).nonzero()[0][0])
 
 
 def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, weights=None):

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from .._array_api import Array, as_float, check_2d, check_finite, check_vector, get_namespace
-from .batchnorm import BatchNormGrads, _accumulator, _first, check_eps
+from .._array_api import as_float, check_2d, check_finite, check_vector, get_namespace
+from ._types import BatchNormGrads, BatchNormInferenceCache, _accumulator, _first, check_eps
 
 __all__ = [
     "BatchNormInferenceCache",
     "batchnorm_inference_forward",
     "batchnorm_inference_backward",
 ]
-
-
-class BatchNormInferenceCache(NamedTuple):
-    x_hat: Array     # (N, p)  (X − 1mᵀ) diag(s)
-    scale: Array     # (p,)    γ ∘ s, with s = (v + ε)^(−1/2)
 
 
 def batchnorm_inference_forward(x, gamma, beta, mean, var, *, eps: float = 1e-5):

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._array_api import as_float, check_2d, check_finite, get_namespace
-from .batchnorm import (
+from ._types import (
     BatchNormCache,
     BatchNormGrads,
     _accumulator,
