@@ -54,7 +54,14 @@ _SUBMODULES = (
 __all__ = ["ops", *_SUBMODULES, *_LAZY, "__version__"]
 
 
+#: module paths that moved (each still imports, with a DeprecationWarning)
+_MOVED = {"panel_model": "panel.model", "panel_table": "panel.table",
+          "panel_estimator": "panel.estimator"}
+
+
 def __getattr__(name):
+    if name in _MOVED:
+        return import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

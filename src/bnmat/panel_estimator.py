@@ -1,0 +1,20 @@
+"""Deprecated alias of :mod:`bnmat.panel.estimator`, where this module's contents moved.
+
+Import from ``bnmat.panel.estimator`` (or the names from ``bnmat.panel``); this
+alias warns once per process and will be removed in a later release.
+"""
+
+import warnings
+
+from .panel import estimator as _moved
+
+warnings.warn("bnmat.panel_estimator is deprecated: import from bnmat.panel.estimator (or bnmat.panel)",
+              DeprecationWarning, stacklevel=2)
+
+
+def __getattr__(name):
+    return getattr(_moved, name)
+
+
+def __dir__():
+    return dir(_moved)
