@@ -26,6 +26,7 @@ __all__ = [
     "GroupBatchNormInferenceCache",
     "UnseenGroupWarning",
     "quiet_unseen_groups",
+    "unseen_groups_quiet",
     "group_statistics",
     "group_batchnorm_inference_forward",
     "group_batchnorm_inference_backward",
@@ -41,6 +42,11 @@ class UnseenGroupWarning(UserWarning):
 # so in one thread it would hide (or, on exit, restore over) other threads'
 # warnings; a context variable is local to the thread (and asyncio task).
 _QUIET = contextvars.ContextVar("bnmat_quiet_unseen_groups", default=False)
+
+
+def unseen_groups_quiet() -> bool:
+    """Whether :func:`quiet_unseen_groups` is in effect here (this thread/context)."""
+    return _QUIET.get()
 
 
 @contextmanager
@@ -185,7 +191,7 @@ def group_batchnorm_inference_forward(x, groups, gamma, beta, stats, *, eps: flo
     labels, table_mean, table_var = _stored(stats, p, x.dtype, eps)
     position = _match(index.labels, labels)
     unseen = np.flatnonzero(position == labels.shape[0])
-    if unseen.size and not _QUIET.get():
+    if unseen.size and not unseen_groups_quiet():
         shown = ", ".join(repr(_label(index.labels, k)) for k in unseen[:5])
         more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
         warnings.warn(

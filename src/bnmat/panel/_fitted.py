@@ -9,7 +9,8 @@ import numpy as np
 
 from .._tree import tree_leaves
 from ..layers._mlp import Scaling
-from ..ops.group_batchnorm_inference import UnseenGroupWarning, quiet_unseen_groups
+from ..ops.group_batchnorm_inference import (UnseenGroupWarning, quiet_unseen_groups,
+                                              unseen_groups_quiet)
 from ._inputs import label_codes, lookup_effects
 
 __all__ = ["PanelModel"]
@@ -138,7 +139,7 @@ class PanelModel(NamedTuple):
         if self.group_batchnorm and entity is not None:
             codes = label_codes(self.entity_labels, entity, "entity", missing=-1)
             unseen = np.unique(np.asarray(entity)[codes < 0])
-            if unseen.size:
+            if unseen.size and not unseen_groups_quiet():
                 shown = ", ".join(repr(v) for v in unseen[:5].tolist())
                 more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
                 warnings.warn(
