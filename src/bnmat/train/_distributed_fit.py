@@ -8,13 +8,12 @@ import warnings
 
 import numpy as np
 
-from .._tree import tree_leaves, tree_unflatten
-from .._array_api import to_numpy
 from ._data import row_chunks, take_rows
 from ._distributed import (_check_loss, _preflight, check_identical,
                            distributed_loss_value, distributed_population_statistics,
                            distributed_value_and_grad)
 from ._groups import as_factors, group_batches, take_factors
+from ._flat import FlatParams, finite_objective
 
 __all__ = ["distributed_fit", "distributed_fit_lbfgs"]
 
@@ -155,39 +154,22 @@ def distributed_fit_lbfgs(net, params, state, x, y, *, loss, l2, max_iter, tol, 
     """
     from scipy.optimize import minimize
 
-    from ._result import FitResult, divergence_error, is_nonfinite_error
+    from ._result import FitResult, divergence_error
 
     name = _check_loss(loss)
     x, y, counts = _preflight(reducer, x, y, params, None)
     factors = as_factors(groups, x.shape[0])
-    leaves = tree_leaves(params)
-    host = [to_numpy(a) for a in leaves]
-    offsets = np.cumsum([0] + [a.size for a in host])
+    flat = FlatParams(params)
+    unflatten, flatten = flat.unflatten, flat.flatten
 
-    def unflatten(theta):
-        return tree_unflatten(params, [
-            theta[offsets[i]:offsets[i + 1]].reshape(a.shape).astype(a.dtype)
-            for i, a in enumerate(host)])
-
-    def flatten(tree):
-        parts = [np.asarray(to_numpy(a), dtype=np.float64).ravel()
-                 for a in tree_leaves(tree, like=params)]
-        return np.concatenate(parts) if parts else np.zeros(0)
-
-    def objective(theta):
+    def evaluate(theta):
         p = unflatten(theta)
         check_identical(reducer, p)
-        try:
-            value, grads, _ = distributed_value_and_grad(
-                net, p, state, x, y, name, l2=l2, groups=factors, reducer=reducer,
-                _counts=counts)
-        except ValueError as exc:
-            if is_nonfinite_error(exc):
-                return math.inf, np.zeros_like(theta)
-            raise
-        if not math.isfinite(value):
-            return math.inf, np.zeros_like(theta)
+        value, grads, _ = distributed_value_and_grad(
+            net, p, state, x, y, name, l2=l2, groups=factors, reducer=reducer, _counts=counts)
         return value, flatten(grads)
+
+    objective = finite_objective(evaluate)
 
     history = {"epoch": [], "loss": [], "val_loss": []}
     stopped = [False]

@@ -258,7 +258,6 @@ class FastStep:
         buf = self._buffers(n)
         gv = self.grad_views
         dt = self.dtype
-        f64 = np.float64
         caches = [None] * len(layers)
         new_state = list(state)
         h = xb

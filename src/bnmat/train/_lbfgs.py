@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
-from .._array_api import get_namespace, is_numpy, to_numpy
-from .._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
-from ._fit import (FitResult, divergence_error, final_statistics, is_nonfinite_error,
-                   positive_int)
+from ._fit import final_statistics
+from ._result import FitResult, divergence_error, positive_int
 from ._grad import check_l2, resolve_loss, value_and_grad
+from ._flat import FlatParams, finite_objective
 from ._groups import as_factors, for_loss
 
 __all__ = ["fit_lbfgs"]
@@ -83,36 +81,15 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
     if sample_weight is not None:
         from ._weighted import check_sample_weight
         sample_weight = check_sample_weight(sample_weight, x.shape[0])
-    leaves = tree_leaves(params)
-    xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
-    host = [to_numpy(a) for a in leaves]
-    sizes = [a.size for a in host]
-    offsets = np.cumsum([0] + sizes)
+    flat = FlatParams(params)
+    unflatten, flatten = flat.unflatten, flat.flatten
 
-    def unflatten(theta):
-        parts = [theta[offsets[i]:offsets[i + 1]].reshape(a.shape).astype(a.dtype)
-                 for i, a in enumerate(host)]
-        if not is_numpy(xp):
-            parts = [xp.asarray(a) for a in parts]
-        return tree_unflatten(params, parts)
-
-    def flatten(tree):
-        parts = [np.asarray(to_numpy(a), dtype=np.float64).ravel()
-                 for a in tree_leaves(tree, like=params)]
-        return np.concatenate(parts) if parts else np.zeros(0)
-
-    def objective(theta):
-        p = unflatten(theta)
-        try:
-            value, grads, _ = value_and_grad(net, p, state, x, y, loss, l2=l2, groups=factors,
-                                             sample_weight=sample_weight)
-        except ValueError as exc:
-            if is_nonfinite_error(exc):
-                return math.inf, np.zeros_like(theta)
-            raise
-        if not math.isfinite(value):
-            return math.inf, np.zeros_like(theta)
+    def evaluate(theta):
+        value, grads, _ = value_and_grad(net, unflatten(theta), state, x, y, loss, l2=l2,
+                                         groups=factors, sample_weight=sample_weight)
         return value, flatten(grads)
+
+    objective = finite_objective(evaluate)
 
     history = {"epoch": [], "loss": [], "val_loss": []}
     stopped = [False]

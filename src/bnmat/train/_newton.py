@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
-from .._array_api import get_namespace, is_numpy, to_numpy
-from .._tree import tree_leaves, tree_unflatten
 from ._data import check_xy
+from ._flat import FlatParams, finite_objective
 from ._loss import check_l2
-from ._result import FitResult, divergence_error, is_nonfinite_error, positive_int
+from ._result import FitResult, divergence_error, positive_int
 from ._hvp import _HVP_LOSSES, value_grad_hvp
 from ._statistics import population_statistics
 
@@ -72,37 +70,16 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
     if sample_weight is not None:
         from ._weighted import check_sample_weight
         sample_weight = check_sample_weight(sample_weight, x.shape[0])
-    leaves = tree_leaves(params)
-    xp = get_namespace(*leaves) if leaves else get_namespace(np.empty(0))
-    host = [to_numpy(a) for a in leaves]
-    offsets = np.cumsum([0] + [a.size for a in host])
+    flat = FlatParams(params)
+    unflatten, flatten = flat.unflatten, flat.flatten
+    zero_direction = unflatten(np.zeros(flat.size))
 
-    def unflatten(theta):
-        parts = [theta[offsets[i]:offsets[i + 1]].reshape(a.shape).astype(a.dtype)
-                 for i, a in enumerate(host)]
-        if not is_numpy(xp):
-            parts = [xp.asarray(a) for a in parts]
-        return tree_unflatten(params, parts)
-
-    def flatten(tree):
-        parts = [np.asarray(to_numpy(a), dtype=np.float64).ravel()
-                 for a in tree_leaves(tree, like=params)]
-        return np.concatenate(parts) if parts else np.zeros(0)
-
-    zero_direction = unflatten(np.zeros(int(offsets[-1])))
-
-    def objective(theta):
-        try:
-            value, grads, _ = value_grad_hvp(net, unflatten(theta), state, x, y,
-                                             zero_direction, loss=loss, l2=l2,
-                                             sample_weight=sample_weight)
-        except ValueError as exc:
-            if is_nonfinite_error(exc):
-                return math.inf, np.zeros_like(theta)
-            raise
-        if not math.isfinite(value):
-            return math.inf, np.zeros_like(theta)
+    def evaluate(theta):
+        value, grads, _ = value_grad_hvp(net, unflatten(theta), state, x, y, zero_direction,
+                                         loss=loss, l2=l2, sample_weight=sample_weight)
         return value, flatten(grads)
+
+    objective = finite_objective(evaluate)
 
     def hessp(theta, direction):
         _, _, hv = value_grad_hvp(net, unflatten(theta), state, x, y, unflatten(direction),
