@@ -42,7 +42,9 @@ def estimator(case):
     if case == "regressor_auto":     # solver and batch size chosen from N of all ranks
         return BNMLPRegressor(solver="auto", max_iter=15, **common)
     if case == "classifier_lbfgs":
-        return BNMLPClassifier(solver="lbfgs", max_iter=20, **common)
+        # 12 iterations: the ill-conditioned cross-entropy's L-BFGS path amplifies
+        # rounding (loss curves agree to 1e-16 at first, 1e-13 by iteration 16)
+        return BNMLPClassifier(solver="lbfgs", max_iter=12, **common)
     if case == "classifier_adam":
         return BNMLPClassifier(solver="adam", max_iter=3, batch_size=30, **common)
     if case == "regressor_no_seed":

@@ -161,6 +161,14 @@ class _BNMLPBase(BaseEstimator):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported with a reducer of more than one "
                              "process; fit without weights (or in one process)")
+        if check.get("multi_output") and np.shape(y)[:1] == (0,):
+            # an empty shard: scikit-learn's multi-output y check wants a row
+            x, y = validate_data(self, X, y, validate_separately=(
+                dict(dtype=_FLOATS, order="C", ensure_min_samples=0),
+                dict(dtype=np.float64, ensure_2d=False, ensure_min_samples=0)))
+            if x.shape[0] != 0 or y.ndim not in (1, 2):
+                raise ValueError(f"X has {x.shape[0]} rows but y has shape {y.shape}")
+            return x, y
         return validate_data(self, X, y, dtype=_FLOATS, order="C", ensure_min_samples=0,
                              **check)
 
