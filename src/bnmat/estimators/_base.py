@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import optim, train
 from ..layers._mlp import ACTIVATIONS, auto_batch_size, auto_solver, build_mlp, fit_scaling
+from ._distributed import global_rows, global_scaling, seeds_of_rank_zero
 
 __all__ = ["_BNMLPBase"]
 
@@ -155,6 +156,22 @@ class _BNMLPBase(BaseEstimator):
                 raise ValueError(f"{name} must be {expected}; got {getattr(self, name)!r}")
         return hidden
 
+    def _validate_shard(self, X, y, sample_weight, **check):
+        """One rank's ``validate_data`` for ``fit(..., reducer=)``: 0 rows allowed, no weights."""
+        if sample_weight is not None:
+            raise ValueError("sample_weight is not supported with a reducer of more than one "
+                             "process; fit without weights (or in one process)")
+        if check.get("multi_output") and np.shape(y)[:1] == (0,):
+            # an empty shard: scikit-learn's multi-output y check wants a row
+            x, y = validate_data(self, X, y, validate_separately=(
+                dict(dtype=_FLOATS, order="C", ensure_min_samples=0),
+                dict(dtype=np.float64, ensure_2d=False, ensure_min_samples=0)))
+            if x.shape[0] != 0 or y.ndim not in (1, 2):
+                raise ValueError(f"X has {x.shape[0]} rows but y has shape {y.shape}")
+            return x, y
+        return validate_data(self, X, y, dtype=_FLOATS, order="C", ensure_min_samples=0,
+                             **check)
+
     @staticmethod
     def _check_rows(n: int, what: str = "the training data") -> None:
         if n < 2:
@@ -165,25 +182,33 @@ class _BNMLPBase(BaseEstimator):
 
     # ---------------------------------------------------------------- training
 
-    def _fit_network(self, x: np.ndarray, target: np.ndarray, stratify=None, sample_weight=None):
+    def _fit_network(self, x: np.ndarray, target: np.ndarray, stratify=None, sample_weight=None,
+                     reducer=None):
         """Train on ``x`` (N, p) and the float target ``target`` (N, k); set fitted attributes.
 
         ``sample_weight`` (N,) float64 or None: frequency weights, in the
         scaling of X, the loss, the batch statistics and the penalty's N (1ᵀw).
+        ``reducer``: None, or a reducer of more than one process (from
+        :func:`~bnmat.estimators._distributed.estimator_reducer`); ``x`` and
+        ``target`` are then this rank's rows and N counts the rows of all ranks.
         """
         hidden = self._check_params()
-        n = x.shape[0]
+        n = x.shape[0] if reducer is None else global_rows(reducer, x.shape[0])
         self._check_rows(n)
         solver = auto_solver(n) if self.solver == "auto" else self.solver
         self.solver_ = solver
         rng = check_random_state(self.random_state)
         seed_init, seed_fit, seed_split = (int(s) for s in rng.randint(0, 2**31 - 1, size=3))
+        if reducer is not None:
+            seed_init, seed_fit, seed_split = seeds_of_rank_zero(
+                reducer, [seed_init, seed_fit, seed_split])
 
         # Standardizing X changes no fitted function (the first dense layer is
         # followed by batch norm, or is affine itself), only the conditioning
         # of the optimization: every column starts on the same scale.
         sw = sample_weight
-        self.x_scaling_ = fit_scaling(x, sample_weight=sw)
+        self.x_scaling_ = (fit_scaling(x, sample_weight=sw) if reducer is None
+                           else global_scaling(reducer, x))
         xs = self.x_scaling_.apply(x)
         self.n_outputs_ = target.shape[1]
         self.net_ = build_mlp(hidden, self.activation, self.n_outputs_, eps=float(self.bn_eps),
@@ -212,15 +237,16 @@ class _BNMLPBase(BaseEstimator):
         # squared loss (scikit-learn halves that loss) and 1 for cross-entropy;
         # N is the number of training rows (scikit-learn uses the batch size).
         n_rows = x_tr.shape[0] if sw is None else float(np.sum(sw))
+        n_rows = n_rows if reducer is None else n   # (no split and no weights with a reducer)
         l2 = self._l2_factor * float(self.alpha) / n_rows
         if stochastic:
-            batch = (auto_batch_size(x_tr.shape[0]) if self.batch_size == "auto"
-                     else int(self.batch_size))
-            if batch > x_tr.shape[0]:
+            n_tr = x_tr.shape[0] if reducer is None else n
+            batch = auto_batch_size(n_tr) if self.batch_size == "auto" else int(self.batch_size)
+            if batch > n_tr:
                 warnings.warn(
-                    f"batch_size={batch} is larger than the {x_tr.shape[0]} training samples; "
+                    f"batch_size={batch} is larger than the {n_tr} training samples; "
                     "it is clipped to the sample size", UserWarning, stacklevel=4)
-                batch = x_tr.shape[0]
+                batch = n_tr
             if solver == "adam":
                 optimizer = optim.adam(float(self.learning_rate_init))
             else:
@@ -244,7 +270,7 @@ class _BNMLPBase(BaseEstimator):
                 validation_data=None if x_val is None else (x_val, t_val),
                 early_stopping=True, patience=int(self.n_iter_no_change), tol=float(self.tol),
                 seed=seed_fit, shuffle=bool(self.shuffle), progress=bool(self.verbose),
-                callback=record_score, sample_weight=sw,
+                callback=record_score, sample_weight=sw, reducer=reducer,
             )
         elif x_val is not None:
             # L-BFGS watched on the held-out rows (5× the patience: an iteration's
@@ -260,7 +286,7 @@ class _BNMLPBase(BaseEstimator):
         else:
             result = train.fit_lbfgs(self.net_, params, state, x_tr, t_tr, loss=self._loss_name,
                                      l2=l2, max_iter=int(self.max_iter), tol=float(self.tol),
-                                     sample_weight=sw)
+                                     sample_weight=sw, reducer=reducer)
 
         # Both training functions end by replacing the running averages with
         # exact statistics of all training rows (population_statistics), so

@@ -9,6 +9,7 @@ from sklearn.utils.validation import validate_data
 
 from ..ops.losses import log_softmax
 from ._base import _FLOATS, _BNMLPBase, _sample_weight
+from ._distributed import estimator_reducer, global_classes, validate_on_every_rank
 from ._transaction import transactional_fit
 
 __all__ = ["BNMLPClassifier"]
@@ -61,7 +62,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
     _l2_factor = 1.0  # α‖W‖²/(2N), scikit-learn's
 
     @transactional_fit
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, reducer=None):
         """Fit the network to X and the class labels y.
 
         Parameters
@@ -71,6 +72,11 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
             Class labels (numbers or strings), at least two distinct.
         sample_weight : array-like, shape (N,), optional
             Frequency weights, as in :meth:`BNMLPRegressor.fit`.
+        reducer : reducer, optional
+            Data-parallel fit, as in :meth:`BNMLPRegressor.fit`: every rank
+            passes its own rows and ends with the model one process fits on all
+            of them; ``classes_`` are the labels of all ranks. Needs
+            ``early_stopping=False`` and no ``sample_weight``.
 
         Returns
         -------
@@ -80,13 +86,26 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         ------
         ValueError
             As :meth:`BNMLPRegressor.fit`; also a continuous or multilabel y,
-            or a single class.
+            or a single class (of all ranks' labels, with a reducer).
         """
-        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C")
+        red = estimator_reducer(self, reducer)
+        if red is None:
+            X, y = validate_data(self, X, y, dtype=_FLOATS, order="C")
+        else:
+            def validate():
+                x_r, y_r = self._validate_shard(X, y, sample_weight)
+                check_classification_targets(y_r)
+                return x_r, y_r
+
+            X, y, counts = validate_on_every_rank(red, validate)
         sw = _sample_weight(sample_weight, X.shape[0])
         check_classification_targets(y)
-        self._check_rows(X.shape[0])
-        classes, codes = np.unique(y, return_inverse=True)
+        self._check_rows(X.shape[0] if red is None else sum(counts))
+        if red is None:
+            classes, codes = np.unique(y, return_inverse=True)
+        else:
+            classes = global_classes(red, y)
+            codes = np.searchsorted(classes, y).reshape(-1)
         if classes.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes; the data "
@@ -95,7 +114,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         self.classes_ = classes
         onehot = np.zeros((X.shape[0], classes.shape[0]), dtype=X.dtype)
         onehot[np.arange(X.shape[0]), codes] = 1
-        return self._fit_network(X, onehot, stratify=codes, sample_weight=sw)
+        return self._fit_network(X, onehot, stratify=codes, sample_weight=sw, reducer=red)
 
     def _validation_score(self, out, t_val) -> float:
         return float(np.mean(np.argmax(out, axis=1) == np.argmax(t_val, axis=1)))

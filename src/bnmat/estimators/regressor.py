@@ -9,6 +9,7 @@ from sklearn.utils.validation import validate_data
 
 from ..layers._mlp import Scaling, build_mlp, fit_scaling
 from ._base import _FLOATS, _BNMLPBase, _sample_weight
+from ._distributed import estimator_reducer, global_scaling, validate_on_every_rank
 from ._transaction import transactional_fit
 
 __all__ = ["BNMLPRegressor"]
@@ -195,7 +196,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         self.linear_fallback = linear_fallback
 
     @transactional_fit
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, reducer=None):
         """Fit the network to X and y.
 
         Parameters
@@ -212,6 +213,19 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             ``solver="lbfgs"`` integer weights give the fit on repeated rows
             (up to rounding); the stochastic solvers draw mini-batches of rows,
             so there the equivalence holds in expectation only.
+        reducer : reducer, optional
+            Data-parallel fit: under ``mpiexec -n K`` (or ``torchrun``) every
+            rank calls ``fit`` with its own rows ``X``, ``y`` (an empty shard is
+            allowed) and the same reducer
+            (:class:`bnmat.distributed.MPIReducer`,
+            :class:`~bnmat.distributed.TorchDistributedReducer`). Every rank
+            ends with the same fitted model, the one a single process fits on
+            the rows of all ranks in rank order (equal up to rounding): global
+            standardization of X and y, synchronized batch statistics, rank 0's
+            seeds, and N, for ``solver="auto"``, ``batch_size="auto"`` and the
+            penalty, counting all rows. Needs ``early_stopping=False`` and no
+            ``sample_weight``; None or a reducer of one process is the
+            ordinary fit. See docs/scaling.md.
 
         Returns
         -------
@@ -222,30 +236,40 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         ValueError
             NaN or infinity, fewer than 2 samples (batch statistics), X and y
             of different lengths, invalid hyperparameters, or a diverging
-            optimizer (the message names the epoch).
+            optimizer (the message names the epoch). With a reducer: any
+            rank's bad input (on every rank, as ``"rank r: ..."``),
+            ``early_stopping=True`` or ``sample_weight``.
         TypeError
-            Sparse X.
+            Sparse X; a ``reducer`` without the reducer interface.
         """
         if not isinstance(self.standardize_y, (bool, np.bool_)):
             raise ValueError(f"standardize_y must be True or False; got {self.standardize_y!r}")
-        X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", multi_output=True,
-                             y_numeric=True)
+        red = estimator_reducer(self, reducer)
+        if red is None:
+            X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", multi_output=True,
+                                 y_numeric=True)
+        else:
+            X, y, counts = validate_on_every_rank(red, lambda: self._validate_shard(
+                X, y, sample_weight, multi_output=True, y_numeric=True))
+            self._check_rows(sum(counts))
         sw = _sample_weight(sample_weight, X.shape[0])
         self._y_ndim = y.ndim
         # y is standardized in its own precision (float64 unless it is float32),
         # not in X's: float32 cannot hold 1e8 + N(0, 1). Only the standardized
         # target, of order 1, is cast to X's dtype for training.
         self._y_dtype = np.result_type(y.dtype, np.float32)
-        target = np.asarray(y, dtype=np.float64).reshape(X.shape[0], -1)
+        target = np.asarray(y, dtype=np.float64)
+        target = target.reshape(X.shape[0], 1) if target.ndim == 1 else target  # (N, k), N = 0 too
         if self.standardize_y:
-            self.y_scaling_ = fit_scaling(target, sample_weight=sw)
+            self.y_scaling_ = (fit_scaling(target, sample_weight=sw) if red is None
+                               else global_scaling(red, target))
         else:
             k = target.shape[1]
             self.y_scaling_ = Scaling(mean=np.zeros(k), scale=np.ones(k))
         if not isinstance(self.linear_fallback, (bool, np.bool_)):
             raise ValueError(f"linear_fallback must be True or False; got {self.linear_fallback!r}")
         ys = np.ascontiguousarray(self.y_scaling_.apply(target).astype(X.dtype))
-        self._fit_network(X, ys, sample_weight=sw)
+        self._fit_network(X, ys, sample_weight=sw, reducer=red)
         self.selected_ = "network"
         # The held-out comparison is unweighted, so with sample weights the network stays.
         if (self.linear_fallback and sw is None and self._split_rows is not None
