@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim, train
-from ..layers._mlp import Scaling, auto_batch_size, build_mlp
+from ..layers._mlp import auto_batch_size, build_mlp
+from ..layers._sync_scaling import sync_scaling
 from ._common import UsageError
 from ..datasets import WAGE_PANEL_DROP, read_table, wage_panel_path
 
@@ -70,25 +71,6 @@ def run_fit_distributed(args) -> int:
                                                                 OSError)) else ""
         red.abort(f"bnmat: error (rank {red.rank} of {red.size}): "
                   f"{' '.join(str(exc).split()) or type(exc).__name__}\n{detail}".rstrip())
-
-
-def _global_scaling(red, x_local) -> Scaling:
-    """:func:`bnmat.layers._mlp.fit_scaling` of the rows of all ranks (exact two-pass moments).
-
-    As there, a column is constant (scale 1) only when all its values are equal
-    on every rank; there is no absolute floor.
-    """
-    from ..layers._sync import sync_moments
-
-    _, mean, var = sync_moments(red, [x_local], 0)
-    scale = np.sqrt(var)
-    p = x_local.shape[1]
-    local = np.full((2, p), -np.inf)
-    if x_local.shape[0]:
-        local = np.stack([np.max(x_local, axis=0), -np.min(x_local, axis=0)])
-    top = red.allreduce_max(local)
-    constant = top[0] == -top[1]
-    return Scaling(mean=mean, scale=np.where(constant | ~(scale > 0), 1.0, scale))
 
 
 def _global_r2(red, y, y_hat) -> float:
@@ -143,7 +125,7 @@ def _run(args, red) -> int:
     hi = lo + x.shape[0]
     tr_local = tr[(tr >= lo) & (tr < hi)] - lo
     va_local = va[(va >= lo) & (va < hi)] - lo
-    x_scaling, y_scaling = _global_scaling(red, x[tr_local]), _global_scaling(red, y[tr_local])
+    x_scaling, y_scaling = sync_scaling(red, x[tr_local]), sync_scaling(red, y[tr_local])
     xs, ys = x_scaling.apply(x), y_scaling.apply(y)
     net = build_mlp(args.hidden, args.activation, y.shape[1])
     params, state = net.init(np.zeros((1, len(features))), seed=args.seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers._mlp import Scaling
+from ..layers._sync_scaling import sync_scaling as global_scaling
 from ..train._distributed import is_distributed
 
 __all__ = ["estimator_reducer", "validate_on_every_rank", "global_rows", "global_scaling",
@@ -95,36 +95,6 @@ def validate_on_every_rank(reducer, validate):
 def global_rows(reducer, n_local: int) -> int:
     """N, the rows on all ranks."""
     return int(round(float(reducer.allreduce(np.asarray([float(n_local)]))[0])))
-
-
-def global_scaling(reducer, x) -> Scaling:
-    """:func:`bnmat.layers._mlp.fit_scaling` of the rows ``x`` (n_r, p) of all ranks.
-
-    Each column is divided by the power of two near its largest absolute value
-    on all ranks (exact), its mean and variance are the exact two-pass moments
-    over ranks, and it is constant (scale 1) only when its largest and smallest
-    values on all ranks are equal. Needs N ≥ 2 rows on all ranks.
-
-    Returns
-    -------
-    Scaling
-        ``mean`` and ``scale`` of shape (p,), float64, identical on every rank.
-    """
-    from ..layers._sync import sync_moments
-
-    x64 = np.asarray(x, dtype=np.float64)
-    p = x64.shape[1]
-    local = np.full((3, p), -np.inf)
-    if x64.shape[0]:
-        local = np.stack([np.max(np.abs(x64), axis=0), np.max(x64, axis=0),
-                          -np.min(x64, axis=0)])
-    big, top, neg_bottom = reducer.allreduce_max(local)
-    c = np.exp2(np.floor(np.log2(np.where(big > 0, big, 1.0))))
-    _, mean, var = sync_moments(reducer, [x64 / c], 0)
-    mean = np.asarray(mean, dtype=np.float64) * c
-    scale = np.sqrt(np.asarray(var, dtype=np.float64)) * c
-    constant = top == -neg_bottom
-    return Scaling(mean=mean, scale=np.where(constant | ~(scale > 0), 1.0, scale))
 
 
 def global_classes(reducer, y) -> np.ndarray:

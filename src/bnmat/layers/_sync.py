@@ -384,3 +384,5 @@ def sync_population_moments(layer, params, state, xs, reducer):
                                           eps=layer.eps)[0] if x.shape[0] else x * 1.0
           for x in xs]
     return ys, {**state, "mean": mean, "var": var}
+
+
