@@ -13,7 +13,7 @@ from ._distributed import (_check_loss, _preflight, check_identical,
                            distributed_loss_value, distributed_population_statistics,
                            distributed_value_and_grad)
 from ._groups import as_factors, group_batches, take_factors
-from ._flat import FlatParams, finite_objective
+from ._flat import FlatParams, IterationLog, finite_objective
 
 __all__ = ["distributed_fit", "distributed_fit_lbfgs"]
 
@@ -171,20 +171,11 @@ def distributed_fit_lbfgs(net, params, state, x, y, *, loss, l2, max_iter, tol, 
 
     objective = finite_objective(evaluate)
 
-    history = {"epoch": [], "loss": [], "val_loss": []}
-    stopped = [False]
+    def agree(stop):           # every rank stops when any rank's callback says so
+        return bool(reducer.allreduce_max(np.asarray([float(stop)]))[0])
 
-    def on_iteration(intermediate_result):
-        it = len(history["epoch"]) + 1
-        history["epoch"].append(it)
-        history["loss"].append(float(intermediate_result.fun))
-        if callback is not None:
-            logs = {"loss": float(intermediate_result.fun), "val_loss": None,
-                    "params": unflatten(intermediate_result.x), "state": state}
-            stop = callback(it, logs) is True
-            if bool(reducer.allreduce_max(np.asarray([float(stop)]))[0]):
-                stopped[0] = True
-                raise StopIteration
+    on_iteration = IterationLog(flat, state, callback, agree)
+    history = on_iteration.history
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         result = minimize(objective, flatten(params), jac=True, method="L-BFGS-B", tol=tol,
@@ -196,4 +187,4 @@ def distributed_fit_lbfgs(net, params, state, x, y, *, loss, l2, max_iter, tol, 
     if population_stats:
         state = distributed_population_statistics(net, new_params, state, x, groups=factors,
                                                   reducer=reducer)
-    return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])
+    return FitResult(new_params, state, history, len(history["epoch"]), on_iteration.stopped)

@@ -66,3 +66,35 @@ def finite_objective(value_and_flat_grad):
         return value, grad
 
     return objective
+
+
+class IterationLog:
+    """SciPy's per-iteration callback for the full-batch fits: the history and the user's callback.
+
+    ``history`` has the keys of :class:`~bnmat.train.FitResult`'s (``"epoch"``
+    counts iterations; no validation loss). The user's ``callback(iteration,
+    logs)`` gets ``{"loss", "val_loss": None, "params", "state"}``; returning
+    True stops the optimizer (by StopIteration, which SciPy honours) and sets
+    :attr:`stopped`. ``agree(stop) -> bool`` lets several processes decide
+    together (the distributed fit stops when any rank's callback says so).
+    """
+
+    def __init__(self, flat: FlatParams, state, callback=None, agree=None):
+        self.flat, self.state, self.callback, self.agree = flat, state, callback, agree
+        self.history = {"epoch": [], "loss": [], "val_loss": []}
+        self.stopped = False
+
+    def __call__(self, intermediate_result):
+        it = len(self.history["epoch"]) + 1
+        self.history["epoch"].append(it)
+        self.history["loss"].append(float(intermediate_result.fun))
+        if self.callback is None:
+            return
+        logs = {"loss": float(intermediate_result.fun), "val_loss": None,
+                "params": self.flat.unflatten(intermediate_result.x), "state": self.state}
+        stop = self.callback(it, logs) is True
+        if self.agree is not None:
+            stop = self.agree(stop)
+        if stop:
+            self.stopped = True
+            raise StopIteration

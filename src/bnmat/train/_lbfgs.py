@@ -10,7 +10,7 @@ from ._data import check_xy
 from ._fit import final_statistics
 from ._result import FitResult, divergence_error, positive_int
 from ._grad import check_l2, resolve_loss, value_and_grad
-from ._flat import FlatParams, finite_objective
+from ._flat import FlatParams, IterationLog, finite_objective
 from ._groups import as_factors, for_loss
 
 __all__ = ["fit_lbfgs"]
@@ -91,20 +91,8 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
 
     objective = finite_objective(evaluate)
 
-    history = {"epoch": [], "loss": [], "val_loss": []}
-    stopped = [False]
-
-    def on_iteration(intermediate_result):
-        it = len(history["epoch"]) + 1
-        history["epoch"].append(it)
-        history["loss"].append(float(intermediate_result.fun))
-        if callback is not None:
-            p = unflatten(intermediate_result.x)
-            logs = {"loss": float(intermediate_result.fun), "val_loss": None, "params": p,
-                    "state": state}
-            if callback(it, logs) is True:
-                stopped[0] = True
-                raise StopIteration
+    on_iteration = IterationLog(flat, state, callback)
+    history = on_iteration.history
 
     theta0 = flatten(params)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -117,4 +105,4 @@ def fit_lbfgs(net, params, state, x, y, *, loss="mse", l2: float = 0.0, max_iter
         state = final_statistics(net, new_params, state, x, None, factors,
                                  len(history["epoch"]) + 1, history, (params, state),
                                  sample_weight=sample_weight)
-    return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])
+    return FitResult(new_params, state, history, len(history["epoch"]), on_iteration.stopped)

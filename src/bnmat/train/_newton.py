@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 
 from ._data import check_xy
-from ._flat import FlatParams, finite_objective
+from ._flat import FlatParams, IterationLog, finite_objective
 from ._loss import check_l2
 from ._result import FitResult, divergence_error, positive_int
 from ._hvp import _HVP_LOSSES, value_grad_hvp
@@ -86,19 +86,8 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
                                   loss=loss, l2=l2, sample_weight=sample_weight)
         return flatten(hv)
 
-    history = {"epoch": [], "loss": [], "val_loss": []}
-    stopped = [False]
-
-    def on_iteration(intermediate_result):
-        it = len(history["epoch"]) + 1
-        history["epoch"].append(it)
-        history["loss"].append(float(intermediate_result.fun))
-        if callback is not None:
-            logs = {"loss": float(intermediate_result.fun), "val_loss": None,
-                    "params": unflatten(intermediate_result.x), "state": state}
-            if callback(it, logs) is True:
-                stopped[0] = True
-                raise StopIteration
+    on_iteration = IterationLog(flat, state, callback)
+    history = on_iteration.history
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         result = minimize(objective, flatten(params), jac=True, hessp=hessp, method=method,
@@ -112,4 +101,4 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
                                                as_weights_like(sample_weight, x))
     elif population_stats:
         state = population_statistics(net, new_params, state, x)
-    return FitResult(new_params, state, history, len(history["epoch"]), stopped[0])
+    return FitResult(new_params, state, history, len(history["epoch"]), on_iteration.stopped)
