@@ -19,11 +19,10 @@ import math
 
 import numpy as np
 
-from .. import _array_api
-from ..ops import _types
+from ..ops._types import (BatchNormCache, BatchNormGrads, _check_param, check_ddof, check_eps,
+                          reference)
 from . import _config
 from ._caches import BatchNormKernelCache, BatchNormReLUCache
-from ._reference import reference
 
 __all__ = [
     "batchnorm_backward",
@@ -84,17 +83,9 @@ def _plain_vector(v, p) -> bool:
     return v.ndim == 1 and v.shape[0] == p and v.dtype.kind in "fiub" and v.dtype.itemsize <= 8
 
 
-def _ref(name):
-    """A check or type shared with the ops, or a registered reference formula."""
-    for mod in (_types, _array_api):
-        if hasattr(mod, name):
-            return getattr(mod, name)
-    return reference(name)
-
-
 def _validated(x, gamma, beta, eps, ddof):
     """The reference's validation and conversions, in its order and words."""
-    eps, ddof = _ref("check_eps")(eps), _ref("check_ddof")(ddof)
+    eps, ddof = check_eps(eps), check_ddof(ddof)
     x, gamma, beta = np.asarray(x), np.asarray(gamma), np.asarray(beta)  # memmaps
     if (x.dtype in _FLOATS and x.ndim == 2 and x.shape[1] > 0 and x.flags.c_contiguous
             and _plain_vector(gamma, x.shape[1]) and _plain_vector(beta, x.shape[1])
@@ -105,7 +96,6 @@ def _validated(x, gamma, beta, eps, ddof):
         beta = np.ascontiguousarray(beta, dtype=x.dtype)
         return x, gamma, beta, eps, ddof
     from .._array_api import as_float, check_2d, check_finite, get_namespace
-    _check_param = _types._check_param
 
     xp = get_namespace(x, gamma, beta)
     x = check_2d(as_float(x, "x", xp), "x")
@@ -202,7 +192,7 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         # (float64 sums of dy) decides. (A finite sum that overflows only sends
         # the call to the reference, which is never wrong.)
         return None
-    return _ref("BatchNormGrads")(dx=out, dgamma=dgamma.astype(x.dtype),
+    return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype),
                                   dbeta=dbeta.astype(x.dtype))
 
 
@@ -237,10 +227,10 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=N
         result = _forward(x, gamma, beta, eps, ddof, False, out)
         if result is not None:
             return result
-    reference = _ref("batchnorm_forward")
+    bn_reference = reference("batchnorm_forward")
 
     with _config.reference_only():
-        y, cache = reference(x, gamma, beta, eps=eps, ddof=ddof)
+        y, cache = bn_reference(x, gamma, beta, eps=eps, ddof=ddof)
     return _into(out, y), cache
 
 
@@ -274,8 +264,7 @@ def batchnorm_backward(dy, cache, *, out=None):
     BatchNormGrads
         ``(dx, dgamma, dbeta)`` in x's dtype.
     """
-    BatchNormCache = _ref("BatchNormCache")
-    reference = _ref("batchnorm_backward")
+    bn_reference = reference("batchnorm_backward")
     if isinstance(cache, BatchNormKernelCache):
         if cache.relu:
             raise ValueError(
@@ -289,7 +278,7 @@ def batchnorm_backward(dy, cache, *, out=None):
             if grads is not None:
                 return grads
         with _config.reference_only():
-            grads = reference(dy, cache.to_reference())
+            grads = bn_reference(dy, cache.to_reference())
     elif isinstance(cache, BatchNormCache):
         if _config.wants(dy, cache.x_hat):
             x_hat = np.ascontiguousarray(cache.x_hat)
@@ -301,7 +290,7 @@ def batchnorm_backward(dy, cache, *, out=None):
             if grads is not None:
                 return grads
         with _config.reference_only():
-            grads = reference(dy, cache)
+            grads = bn_reference(dy, cache)
     else:
         raise TypeError(f"expected a batch-norm cache; got {type(cache).__name__}")
     return grads._replace(dx=_into(out, grads.dx))
@@ -336,7 +325,7 @@ def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, 
         result = _forward(x, gamma, beta, eps, ddof, True, out)
         if result is not None:
             return result[0], BatchNormReLUCache(bn=result[1], relu=None)
-    relu_forward, bn_forward = _ref("relu_forward"), _ref("batchnorm_forward")
+    relu_forward, bn_forward = reference("relu_forward"), reference("batchnorm_forward")
 
     with _config.reference_only():
         y, bn_cache = bn_forward(x, gamma, beta, eps=eps, ddof=ddof)
@@ -381,15 +370,15 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
                 return grads
         # Kernels switched off since the forward pass: the same mask (the same
         # uncontracted operations in x's dtype), then the reference formula.
-        reference = _ref("batchnorm_backward")
+        bn_reference = reference("batchnorm_backward")
 
         dh = _prepare_dy(dh, bn.x.shape, bn.x.dtype)
         b = ((bn.x - bn.mean) - bn.mean_lo) * bn.scale + bn.beta
         g = np.where(b > 0, dh, np.zeros_like(dh))
         with _config.reference_only():
-            grads = reference(g, bn.to_reference())
+            grads = bn_reference(g, bn.to_reference())
         return grads._replace(dx=_into(out, grads.dx))
-    relu_backward, bn_backward = _ref("relu_backward"), _ref("batchnorm_backward")
+    relu_backward, bn_backward = reference("relu_backward"), reference("batchnorm_backward")
 
     grads = bn_backward(relu_backward(dh, cache.relu), bn)
     return grads._replace(dx=_into(out, grads.dx))

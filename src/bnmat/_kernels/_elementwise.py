@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops._types import ActivationCache
+from ..ops._types import ActivationCache, reference
 from . import _config
 from ._caches import BatchNormInferenceKernelCache
-from ._reference import reference
 
 __all__ = [
     "batchnorm_inference_backward",

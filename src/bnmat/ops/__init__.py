@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 # The fused kernels behind these ops hand calls they cannot match bit for bit
-# back to the reference formulas; they receive them here rather than import an
-# op module (the ops dispatch to the kernels: that would be a cycle).
-from .._kernels._reference import register_references as _register  # noqa: E402
+# back to the reference formulas; they find them in the leaf ops._types rather
+# than import an op module (the ops dispatch to the kernels: that would be a cycle).
+from ._types import register_references as _register  # noqa: E402
 
 _register(
     batchnorm_forward=batchnorm_forward,                        # noqa: F405

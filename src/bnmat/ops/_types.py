@@ -2,9 +2,11 @@
 
 A leaf: it imports only :mod:`bnmat._array_api`. The ops import it, and so do
 the fused kernels (:mod:`bnmat._kernels`), which never import an op module;
-the ops hand the kernels their reference formulas instead
-(:func:`bnmat._kernels.register_references`). So the fast path and the
-reference validate with the same functions and speak the same cache types.
+the ops register their reference formulas here instead
+(:func:`register_references`), and a kernel that must hand a call back (input
+it cannot match the reference on, bit for bit or within its stated rounding)
+calls :func:`reference`. So the fast path and the reference validate with the
+same functions, speak the same cache types and raise the same errors.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import NamedTuple
 
 from .._array_api import Array, as_float, check_vector, to_numpy
 
-__all__ = ["ActivationCache", "BatchNormCache", "BatchNormGrads", "BatchNormInferenceCache",
+__all__ = ["register_references", "reference", "ActivationCache", "BatchNormCache", "BatchNormGrads", "BatchNormInferenceCache",
            "ColumnMoments", "check_eps", "check_ddof"]
 
 
@@ -78,3 +80,21 @@ class BatchNormInferenceCache(NamedTuple):
 class ActivationCache(NamedTuple):
     saved: Array   # (N, p) the input or the output, as each backward states
     slope: float = 0.0
+
+
+# ------------------------------------------------------- reference formulas
+_REFERENCES: dict = {}
+
+
+def register_references(**formulas) -> None:
+    """Register the reference formulas by name (``batchnorm_forward=...``, ...)."""
+    _REFERENCES.update(formulas)
+
+
+def reference(name: str):
+    """The registered reference formula ``name`` (``bnmat.ops`` registers them on import)."""
+    try:
+        return _REFERENCES[name]
+    except KeyError:
+        raise RuntimeError(f"bnmat.ops has not registered the reference formula {name!r}; "
+                           "import bnmat (or bnmat.ops) before calling the kernels") from None
