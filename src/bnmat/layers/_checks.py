@@ -1,4 +1,4 @@
-"""Validation shared by the layer configurations."""
+"""Validation and small state helpers shared by the layer configurations."""
 
 from __future__ import annotations
 
@@ -60,3 +60,19 @@ def check_keys(params, keys, layer, what: str = "parameters", optional=()) -> No
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         extra = f" (optionally {sorted(optional)})" if optional else ""
         raise ValueError(f"{layer!r} expects {what} {sorted(keys)}{extra}; got {got}")
+
+
+def carried_counts(state, new_labels) -> np.ndarray:
+    """The step counts in ``state`` of the groups ``new_labels``, 0 for groups it lacks.
+
+    ``state["labels"]`` is sorted (as :class:`GroupBatchNorm` keeps it) and
+    ``state["count"]`` holds a count per label; the result, int64 of the shape
+    of ``new_labels``, carries those counts over to a state with new labels.
+    """
+    old_labels = np.asarray(state["labels"])
+    count = np.zeros(new_labels.shape[0], dtype=np.int64)
+    if old_labels.shape[0]:
+        pos = np.minimum(np.searchsorted(old_labels, new_labels), old_labels.shape[0] - 1)
+        found = old_labels[pos] == new_labels
+        count = np.where(found, np.asarray(state["count"])[pos], 0).astype(np.int64)
+    return count

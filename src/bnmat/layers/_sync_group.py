@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._checks import carried_counts
 from ._sync import _as_matrix, sync_moments
 
 __all__ = ["EmptyGroupCache", "sync_group_forward", "sync_group_population"]
@@ -144,12 +145,7 @@ def sync_group_population(layer, params, state, xs, groups, reducer):
     else:
         local = (cache.index.labels, cache.mean, cache.var)
     new_labels, mean, var = _gathered_groups(reducer, *local)
-    old_labels = np.asarray(state["labels"])
-    count = np.zeros(new_labels.shape[0], dtype=np.int64)
-    if old_labels.shape[0]:
-        pos = np.minimum(np.searchsorted(old_labels, new_labels), old_labels.shape[0] - 1)
-        found = old_labels[pos] == new_labels
-        count = np.where(found, np.asarray(state["count"])[pos], 0).astype(np.int64)
+    count = carried_counts(state, new_labels)
     new_state = {**state, "labels": new_labels, "mean": mean, "var": var, "count": count,
                  "pooled_mean": pooled_mean.astype(x.dtype),
                  "pooled_var": pooled_var.astype(x.dtype)}

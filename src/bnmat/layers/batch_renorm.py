@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from .. import ops
 from ..ops.batch_renorm import BatchRenormCache

@@ -63,7 +63,7 @@ from ..ops.group_batchnorm_inference import GroupBatchNormInferenceCache, GroupS
 from .._segments import GroupIndex, ghost_batch_labels, group_index
 from ._checks import check_generator, check_keys, normalize_bn_fields, positive_int
 from ._registry import register_layer
-from ._checks import NO_GROUP_LABELS as _NO_LABELS
+from ._checks import NO_GROUP_LABELS as _NO_LABELS, carried_counts
 from ._sync import active_reducer
 from ._sync_group import EmptyGroupCache
 
@@ -316,12 +316,7 @@ class GroupBatchNorm:
         y, cache = ops.group_batchnorm_forward(x, index, gamma, beta,
                                                eps=self.eps, ddof=self.ddof)
         new_labels = index.labels.astype(np.int64)
-        old_labels = np.asarray(state["labels"])
-        count = np.zeros(new_labels.shape[0], dtype=np.int64)
-        if old_labels.shape[0]:
-            pos = np.minimum(np.searchsorted(old_labels, new_labels), old_labels.shape[0] - 1)
-            found = old_labels[pos] == new_labels
-            count = np.where(found, np.asarray(state["count"])[pos], 0).astype(np.int64)
+        count = carried_counts(state, new_labels)
         new_state = {
             **state,
             "labels": new_labels, "mean": cache.mean, "var": cache.var, "count": count,
