@@ -12,14 +12,13 @@ compares them with one process on all rows; nothing is compared here.
 from __future__ import annotations
 
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _distributed_worker import flat, whole_data  # noqa: E402
+from _distributed_worker import flat, run_shard, whole_data  # noqa: E402
 
 from bnmat import BNMLPClassifier, BNMLPRegressor  # noqa: E402
 from bnmat.distributed import MPIReducer  # noqa: E402
@@ -100,15 +99,7 @@ def run_cases(cases, red, lo, hi, out):
 
 
 def main(argv):
-    out, sizes, cases = argv[0], [int(s) for s in argv[1].split(",")], argv[2:]
-    red = MPIReducer()
-    if red.size != len(sizes):
-        red.abort(f"expected {len(sizes)} ranks, got {red.size}")
-    lo = sum(sizes[:red.rank])
-    try:
-        run_cases(cases, red, lo, lo + sizes[red.rank], out)
-    except BaseException:
-        red.abort(f"rank {red.rank} failed:\n{traceback.format_exc()}")
+    run_shard(MPIReducer(), argv, run_cases)
 
 
 if __name__ == "__main__":

@@ -151,8 +151,23 @@ def run_cases(cases, red, lo, hi, out):
         np.savez(f"{out}/{case}-rank{red.rank}.npz", **res)
 
 
-def main(argv):
+def run_shard(red, argv, run_cases):
+    """``run_cases`` on this rank's rows: ``argv`` is (out, shard sizes "37,0,63", cases...).
+
+    Any failure aborts every rank with its traceback (never a hang).
+    """
     out, sizes, cases = argv[0], [int(s) for s in argv[1].split(",")], argv[2:]
+    if red.size != len(sizes):
+        red.abort(f"expected {len(sizes)} ranks, got {red.size}")
+    lo = sum(sizes[:red.rank])
+    try:
+        run_cases(cases, red, lo, lo + sizes[red.rank], out)
+    except BaseException:
+        red.abort(f"rank {red.rank} failed:\n{traceback.format_exc()}")
+
+
+def main(argv):
+    out = argv[0]
     if os.environ.get("BNMAT_TEST_REDUCER") == "torch":
         # gloo on the CPU; mpiexec only starts the processes (PMI_RANK, PMI_SIZE)
         import torch.distributed as dist
@@ -163,13 +178,7 @@ def main(argv):
         red = TorchDistributedReducer()
     else:
         red = MPIReducer()
-    if red.size != len(sizes):
-        red.abort(f"expected {len(sizes)} ranks, got {red.size}")
-    lo = sum(sizes[:red.rank])
-    try:
-        run_cases(cases, red, lo, lo + sizes[red.rank], out)
-    except BaseException:
-        red.abort(f"rank {red.rank} failed:\n{traceback.format_exc()}")
+    run_shard(red, argv, run_cases)
     if isinstance(red, TorchDistributedReducer):
         # gloo's threads must be stopped before the interpreter exits, else
         # C++ terminates the process while they run

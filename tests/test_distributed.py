@@ -51,15 +51,20 @@ def mpiexec() -> str:
     return found
 
 
-def launch(k: int, out: Path, cases, reducer: str = "mpi", extra_env=None) -> None:
+def mpi_env(**extra) -> dict:
+    """The environment of launched ranks: this bnmat first on the path, one thread per library."""
     env = dict(os.environ)
-    env.update(extra_env or {})
+    env.update(extra)
     src = str(Path(bnmat.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         env[var] = "1"
-    env["BNMAT_TEST_REDUCER"] = reducer
+    return env
+
+
+def launch(k: int, out: Path, cases, reducer: str = "mpi", extra_env=None) -> None:
+    env = mpi_env(**(extra_env or {}), BNMAT_TEST_REDUCER=reducer)
     sizes = ",".join(map(str, LAYOUTS[k]))
     cmd = [mpiexec(), "-n", str(k), sys.executable, str(HERE / "_distributed_worker.py"),
            str(out), sizes, *cases]
@@ -342,10 +347,7 @@ def test_scaling_guide_example_under_mpiexec(tmp_path):
     block = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)[0]
     script = tmp_path / "train.py"
     script.write_text(block)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(bnmat.__file__).resolve().parents[1]),
-                                         env.get("PYTHONPATH", "")])
-    env.update({v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    env = mpi_env()
     proc = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(script)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

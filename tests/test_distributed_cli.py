@@ -6,7 +6,6 @@ a bad cell in one rank's slice ends both ranks with that rank's message.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bnmat
 from bnmat import io
 from bnmat.cli import main
 from bnmat.layers import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed import mpiexec  # noqa: E402
+from test_distributed import mpi_env, mpiexec  # noqa: E402
 
 RTOL = 1e-12
 
 
 def run_distributed(k, args, cwd, timeout=600):
-    env = dict(os.environ)
-    src = str(Path(bnmat.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        env[var] = "1"
+    env = mpi_env()
     cmd = [mpiexec(), "-n", str(k), sys.executable, "-m", "bnmat", "fit", *args,
            "--distributed"]
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,

@@ -10,7 +10,6 @@ predictions on all rows must be bitwise identical across ranks and within
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import warnings
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bnmat
 from bnmat import BNMLPClassifier, BNMLPRegressor
 from bnmat.distributed import SingleProcessReducer
 
@@ -27,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _distributed_estimator_worker import class_labels, estimator, model_arrays  # noqa: E402
 from _distributed_worker import whole_data  # noqa: E402
-from test_distributed import LAYOUTS, RTOL, mpiexec, rel  # noqa: E402
+from test_distributed import LAYOUTS, RTOL, mpi_env, mpiexec, rel  # noqa: E402
 
 FITS = ("regressor_lbfgs", "regressor_adam", "regressor_auto", "classifier_lbfgs",
         "classifier_adam")
@@ -38,12 +36,7 @@ CASES = FITS + ("regressor_no_seed", "bad_shard", "early_stopping")
 def runs(request, tmp_path_factory):
     k = request.param
     out = tmp_path_factory.mktemp(f"est{k}")
-    env = dict(os.environ)
-    src = str(Path(bnmat.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        env[var] = "1"
+    env = mpi_env()
     cmd = [mpiexec(), "-n", str(k), sys.executable,
            str(HERE / "_distributed_estimator_worker.py"), str(out),
            ",".join(map(str, LAYOUTS[k])), *CASES]

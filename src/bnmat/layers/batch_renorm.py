@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from .. import ops
 from ..ops.batch_renorm import BatchRenormCache
 from ._checks import check_generator, check_keys, finite_float, normalize_bn_fields, positive_int
