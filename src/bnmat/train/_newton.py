@@ -7,11 +7,11 @@ from typing import Callable
 import numpy as np
 
 from ._data import check_xy
+from ._fit import final_statistics
 from ._flat import FlatParams, IterationLog, finite_objective
 from ._loss import check_l2
 from ._result import FitResult, divergence_error, positive_int
 from ._hvp import _HVP_LOSSES, value_grad_hvp
-from ._statistics import population_statistics
 
 __all__ = ["fit_newton", "NEWTON_METHODS"]
 
@@ -95,10 +95,8 @@ def fit_newton(net, params, state, x, y, *, loss="mse", l2: float = 0.0,
     if not np.all(np.isfinite(result.x)):
         raise divergence_error(len(history["epoch"]) + 1, params, state, history)
     new_params = unflatten(result.x)
-    if population_stats and sample_weight is not None:
-        from ._weighted import as_weights_like, weighted_population_statistics
-        state = weighted_population_statistics(net, new_params, state, x,
-                                               as_weights_like(sample_weight, x))
-    elif population_stats:
-        state = population_statistics(net, new_params, state, x)
+    if population_stats:
+        state = final_statistics(net, new_params, state, x, None, None,
+                                 len(history["epoch"]) + 1, history, (params, state),
+                                 sample_weight=sample_weight)
     return FitResult(new_params, state, history, len(history["epoch"]), on_iteration.stopped)
