@@ -364,3 +364,66 @@ def test_bnmat_fit_without_hidden_layers_is_least_squares(tmp_path, capsys):
     r2_train, r2_val = float(printed.split(",")[0]), float(printed.split("= ")[1].split()[0])
     assert abs(r2_train - ols.score(X[tr], y[tr])) < 1e-4      # 4 printed decimals
     assert abs(r2_val - ols.score(X[va], y[va])) < 1e-4
+
+
+# ------------------------------------------------ the nuisance networks' own training rule
+
+def _spy_fit_panel(monkeypatch, module):
+    """Record the keyword arguments of every fit_panel call made from ``module``."""
+    calls = []
+    real = module.fit_panel
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, "fit_panel", spy)
+    return calls
+
+
+def test_crossfit_nuisances_are_penalized_and_never_stopped_early(monkeypatch):
+    import bnmat.panel._linear_report as report
+
+    calls = _spy_fit_panel(monkeypatch, report)
+    x, y, ent = _plm(np.random.default_rng(3), n_units=24, n_periods=4)
+    est = PanelBNMLPRegressor((4,), linear_features=[0], inference="crossfit", cv=3,
+                              max_iter=20, alpha=1e-4, crossfit_alpha=0.37, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(x, y, groups=ent)
+    assert len(calls) == 3 * 2                      # (y, d) per fold, nothing else
+    for kw in calls:
+        assert kw["alpha"] == 0.37 and kw["hidden"] == (4,) and kw["max_iter"] == 20
+        assert kw["early_stopping"] is False and kw["linear_fallback"] is False
+        assert kw["solver"] == est.solver_ == "lbfgs"
+    # the fitted model itself kept its own rule (early stopping, alpha 1e-4)
+    assert est.model_.history["selected"] in ("network", "linear")
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", True])
+def test_crossfit_alpha_must_be_a_finite_number(bad):
+    x, y, ent = _plm(np.random.default_rng(3), n_units=12, n_periods=3)
+    est = PanelBNMLPRegressor((3,), linear_features=[0], inference="crossfit",
+                              crossfit_alpha=bad, max_iter=5)
+    with pytest.raises(ValueError, match="crossfit_alpha must be a finite number >= 0"):
+        est.fit(x, y, groups=ent)
+    assert not hasattr(est, "model_")
+
+
+def test_cli_crossfit_nuisances_use_crossfit_alpha_and_lbfgs(tmp_path, monkeypatch, capsys):
+    import bnmat.panel._linear_report as report
+    from bnmat.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    calls = _spy_fit_panel(monkeypatch, report)
+    common = ["fit", "--entity", "nr", "--time", "year", "--linear", "union", "married",
+              "--epochs", "3", "--hidden", "4", "--no-progress", "--inference", "crossfit",
+              "--cv", "2"]
+    assert main(common + ["--crossfit-alpha", "-1"]) == 2
+    assert "--crossfit-alpha must be a finite number >= 0; got -1.0" in capsys.readouterr().err
+    assert main(common + ["--crossfit-alpha", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "cross-fitted partialling out, 2 folds of units" in out
+    assert len(calls) == 2 * 3                      # (lwage, union, married) per fold
+    for kw in calls:
+        assert kw["alpha"] == 0.25 and kw["solver"] == "lbfgs" and kw["max_iter"] == 3
+        assert kw["early_stopping"] is False and kw["linear_fallback"] is False

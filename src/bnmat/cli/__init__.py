@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "unit; as linearmodels' PanelOLS)")
     panel.add_argument("--cv", type=int, default=5, metavar="K",
                        help="folds of units for --inference crossfit (default 5)")
+    panel.add_argument("--crossfit-alpha", type=float, default=0.1, metavar="A",
+                       help="weight decay of the nuisance networks of --inference crossfit, "
+                            "which train without early stopping or fallback (default 0.1)")
 
     pred = sub.add_parser(
         "predict", help="predict new rows with a model written by bnmat fit",

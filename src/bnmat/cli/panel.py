@@ -25,6 +25,8 @@ that concerns.
 
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 
@@ -251,6 +253,7 @@ def run_fit_panel(args) -> int:
 
         # L-BFGS only when held-out units can stop it: otherwise --epochs full
         # iterations overfit the within variation more than Adam's epochs do.
+        args.nuisance_solver = auto_solver(tr.size)
         args.solver = auto_solver(tr.size) if args.early_stopping is not None else "adam"
 
     network = [c for c in inputs if c not in linear]
@@ -337,6 +340,7 @@ def run_fit_panel(args) -> int:
 
 def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
     """The table's estimates: within (no network), cross-fitted (--inference crossfit), or None."""
+    from ..panel._linear_report import nuisance_fitter
     from ..panel.inference import crossfit_inference, within_inference
 
     codes = _codes(ent)
@@ -345,13 +349,14 @@ def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
     lin = [features.index(c) for c in names]
     network = [j for j in range(len(features)) if j not in lin]
     if network and args.inference == "crossfit":
+        if not (math.isfinite(args.crossfit_alpha) and args.crossfit_alpha >= 0):
+            raise UsageError(f"--crossfit-alpha must be a finite number >= 0; got "
+                             f"{args.crossfit_alpha}")
         options = _options(args, x.shape[0])
-        options["progress"] = False
-
-        def fit_nuisance(x_nn, target, entity, period):
-            fitted = fit_panel(x_nn, target, entity, period, effects=effects, **options)
-            return lambda x_new: fitted.predict(x_new)
-
+        # The nuisance fits are penalized and never stopped early, so --solver auto
+        # gives them L-BFGS on small data (the rule of PanelBNMLPRegressor).
+        options["solver"] = getattr(args, "nuisance_solver", args.solver)
+        fit_nuisance = nuisance_fitter(options, effects=effects, alpha=args.crossfit_alpha)
         return crossfit_inference(x, y, codes, t_codes, lin=tuple(lin), nn=tuple(network),
                                   names=names, effects=effects, fit_nuisance=fit_nuisance,
                                   cv=args.cv, seed=args.seed, cov_type=args.cov_type)[0]
