@@ -17,17 +17,27 @@ The data, for unit i = 1..N and period t = 1..T (T = 5), with θ = 0.5::
 so d is correlated with x (through m, which shares g's nonlinearity) and with
 the unit effect; a regression linear in x is biased for θ.
 
+``--design b`` is a second data-generating process, written after the
+default ``crossfit_alpha`` was chosen on the first (design a) and used to
+check that choice on data it was not tuned on::
+
+    g(x) = 1.5 tanh(2 x₁) + 0.5 x₁ x₂,   m(x) = 0.6 tanh(2 x₁) + 0.4 (x₂² − 1)
+
+(a threshold-like effect and an interaction instead of a periodic one).
+
 Estimators of θ and their 95 % intervals:
 
 * ``PanelOLS`` — ``linearmodels.PanelOLS(y ~ d + x₁ + x₂, entity_effects=True)``,
   clustered by unit (linear in x: biased by design);
 * ``bnmat joint`` — :class:`bnmat.PanelBNMLPRegressor` with ``d`` linear and a
-  (8,) network of x, at most 100 iterations, defaults otherwise (lbfgs, early stopping on held-out
-  units, linear fallback); its interval is the within interval that treats
-  the fitted network as known (no valid SE exists; shown for comparison);
+  (8,) network of x, defaults otherwise (at most 200 L-BFGS iterations,
+  early stopping on held-out units, linear fallback); its interval is the
+  within interval that treats the fitted network as known (no valid SE
+  exists; shown for comparison);
 * ``bnmat crossfit`` — the same with ``inference="crossfit"`` (5 folds of
-  units, clustered SE; ``--n-rep R`` repeats it over R fold draws with median
-  aggregation);
+  units, clustered SE; the nuisance networks penalized by ``crossfit_alpha``
+  and trained without early stopping or fallback; ``--n-rep R`` repeats it
+  over R fold draws with median aggregation);
 * ``DoubleMLPLR`` — ``doubleml.DoubleMLPLR`` (partialling out, 5 folds of rows)
   on the within-transformed data (ỹ, d̃, x̃ demeaned by unit), with
   ``SplineTransformer → RidgeCV`` learners for both nuisance functions.
@@ -52,13 +62,19 @@ THETA = 0.5
 ESTIMATORS = ("PanelOLS", "bnmat joint", "bnmat crossfit", "DoubleMLPLR")
 
 
-def simulate(n_units: int, n_periods: int, rng):
+def simulate(n_units: int, n_periods: int, rng, design: str = "a"):
     """One panel: X = [d, x₁, x₂] (N·T, 3), y, unit labels."""
     units = np.repeat(np.arange(n_units), n_periods)
     alpha = rng.normal(size=n_units)[units]
     x = 0.5 * alpha[:, None] + rng.normal(size=(units.size, 2))
-    m = 0.8 * np.cos(2 * x[:, 0]) + 0.3 * x[:, 1]
-    g = np.cos(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2
+    if design == "a":
+        m = 0.8 * np.cos(2 * x[:, 0]) + 0.3 * x[:, 1]
+        g = np.cos(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2
+    elif design == "b":
+        m = 0.6 * np.tanh(2 * x[:, 0]) + 0.4 * (x[:, 1] ** 2 - 1)
+        g = 1.5 * np.tanh(2 * x[:, 0]) + 0.5 * x[:, 0] * x[:, 1]
+    else:
+        raise ValueError(f"design must be 'a' or 'b'; got {design!r}")
     d = 0.5 * alpha + m + rng.normal(size=units.size)
     y = alpha + THETA * d + g + rng.normal(size=units.size)
     return np.column_stack([d, x]), y, units
@@ -76,14 +92,16 @@ def panel_ols(X, y, units):
     return float(res.params["d"]), float(res.std_errors["d"]), ci
 
 
-def bnmat_fits(X, y, units, seed, n_rep=1):
+def bnmat_fits(X, y, units, seed, n_rep=1, crossfit_alpha=0.1, max_iter=200):
     from bnmat import PanelBNMLPRegressor
     from bnmat.panel.inference import within_inference
 
-    common = dict(hidden_layer_sizes=(8,), max_iter=100, linear_features=[0], random_state=seed)
+    common = dict(hidden_layer_sizes=(8,), max_iter=max_iter, linear_features=[0],
+                  random_state=seed)
     # One fit gives both: the fitted model is the joint one (coef_linear_model_), and
     # inference="crossfit" adds the cross-fitted estimate with its standard error.
-    joint = PanelBNMLPRegressor(inference="crossfit", cv=5, n_rep=n_rep, **common).fit(
+    joint = PanelBNMLPRegressor(inference="crossfit", cv=5, n_rep=n_rep,
+                                crossfit_alpha=crossfit_alpha, **common).fit(
         X, y, groups=units)
     b = joint.coef_linear_model_["x0"]
     out = {}
@@ -168,6 +186,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the tables to this JSON file")
     parser.add_argument("--n-rep", type=int, default=1,
                         help="fold draws of the cross-fitted estimate (median aggregation)")
+    parser.add_argument("--design", choices=["a", "b"], default="a",
+                        help="data-generating process (see the module docstring)")
+    parser.add_argument("--crossfit-alpha", type=float, default=0.1,
+                        help="weight decay of the cross-fitting nuisance networks")
+    parser.add_argument("--max-iter", type=int, default=200,
+                        help="L-BFGS iterations of every bnmat fit (the default's 200)")
     args = parser.parse_args(argv)
 
     results = {}
@@ -176,11 +200,12 @@ def main(argv=None) -> int:
         t0 = time.process_time()
         for rep in range(args.reps):
             rng = np.random.default_rng([args.seed, n_units, rep])
-            X, y, units = simulate(n_units, args.periods, rng)
+            X, y, units = simulate(n_units, args.periods, rng, args.design)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 row = {"PanelOLS": panel_ols(X, y, units)}
-                fits, selected = bnmat_fits(X, y, units, rep, args.n_rep)
+                fits, selected = bnmat_fits(X, y, units, rep, args.n_rep,
+                                            args.crossfit_alpha, args.max_iter)
                 row.update(fits)
                 row["DoubleMLPLR"] = doubleml_plr(X, y, units, rep)
             fallbacks += selected == "linear"
@@ -190,6 +215,8 @@ def main(argv=None) -> int:
             print(f"N={n_units} rep {rep + 1}/{args.reps}  {elapsed:.0f} s CPU  "
                   f"crossfit θ̂={row['bnmat crossfit'][0]:.3f}", file=sys.stderr, flush=True)
         table = summarize(records)
+        print(f"\ndesign {args.design}, crossfit_alpha={args.crossfit_alpha}, "
+              f"max_iter={args.max_iter}, n_rep={args.n_rep}")
         print_table(n_units, args.periods, table, time.process_time() - t0)
         print(f"(bnmat joint kept the linear fallback in {fallbacks} of {args.reps} "
               "replications)")
