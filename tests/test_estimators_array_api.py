@@ -62,6 +62,20 @@ def _in_library(name, a) -> bool:
     return name == "array_api_strict" or a.device == array_api_strict.Device("device1")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # These fits are small (a few hundred rows): torch's thread pool only adds
+    # synchronization, which on a busy machine costs 10-70x (measured on 2
+    # shared cores). The numbers do not depend on it.
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def dispatch(monkeypatch):
     """scikit-learn's array_api_dispatch=True for one test."""
@@ -396,7 +410,7 @@ def test_sklearn_array_api_checks_in_a_fresh_interpreter():
             check_array_api_same_namespace(name, est, array_namespace="array_api_strict")
         print("passed")
     """)
-    env = {**os.environ, "SCIPY_ARRAY_API": "1"}
+    env = {**os.environ, "SCIPY_ARRAY_API": "1", "OMP_NUM_THREADS": "1"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
