@@ -372,8 +372,6 @@ class _BNMLPBase(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False       # X is standardized, which densifies it
         tags.input_tags.allow_nan = False
-        # scikit-learn's array_api_dispatch: X's library decides (estimators._namespace)
-        tags.array_api_support = True
         return tags
 
 

@@ -39,7 +39,9 @@ early_stopping, validation_fraction, n_iter_no_change, bn_eps, bn_ddof, bn_decay
 
     Attributes
     ----------
-    classes_ : ndarray, shape (n_classes,)
+    classes_ : array, shape (n_classes,)
+        Sorted labels; under ``array_api_dispatch`` numeric labels are an
+        array of X's library on X's device, strings a NumPy array.
     net_, params_, state_, x_scaling_, n_features_in_, feature_names_in_, \
 n_outputs_, loss_curve_, best_loss_, n_iter_
         As in :class:`BNMLPRegressor`.
@@ -70,8 +72,11 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         Parameters
         ----------
         X : array-like, shape (N, p)
+            As in :meth:`BNMLPRegressor.fit` (another array library under
+            scikit-learn's ``array_api_dispatch=True``).
         y : array-like, shape (N,)
-            Class labels (numbers or strings), at least two distinct.
+            Class labels (numbers or strings, of any library), at least two
+            distinct.
         sample_weight : array-like, shape (N,), optional
             Frequency weights, as in :meth:`BNMLPRegressor.fit`.
         reducer : reducer, optional
@@ -160,8 +165,9 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
 
         Returns
         -------
-        ndarray, shape (M, n_classes)
-            Columns in the order of ``classes_``.
+        array, shape (M, n_classes)
+            Columns in the order of ``classes_``; in X's library for a model
+            fitted under ``array_api_dispatch``.
         """
         return self._log_proba(X, "predict_log_proba")
 
@@ -178,8 +184,9 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
 
         Returns
         -------
-        ndarray, shape (M, n_classes)
-            Rows sum to one; columns in the order of ``classes_``.
+        array, shape (M, n_classes)
+            Rows sum to one; columns in the order of ``classes_``; in X's
+            library for a model fitted under ``array_api_dispatch``.
         """
         out = self._log_proba(X, "predict_proba")
         return np.exp(out) if isinstance(out, np.ndarray) else get_namespace(out).exp(out)
@@ -219,8 +226,8 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
 
         Returns
         -------
-        ndarray, shape (M,)
-            Labels from ``classes_``.
+        array, shape (M,)
+            Labels from ``classes_`` (in X's library when ``classes_`` is).
         """
         z = self._forward(X)  # checks that the model is fitted
         if isinstance(z, np.ndarray):
@@ -230,3 +237,9 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
         if isinstance(self.classes_, np.ndarray):   # string labels stay NumPy
             return self.classes_[to_numpy(best)]
         return xp.take(self.classes_, best)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # scikit-learn's array_api_dispatch: X's library decides (estimators._namespace)
+        tags.array_api_support = True
+        return tags

@@ -139,6 +139,12 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
 
     Notes
     -----
+    Other array libraries: under scikit-learn's ``array_api_dispatch=True``
+    the estimator trains in X's library and device (torch, CuPy, JAX,
+    array_api_strict) and equals the NumPy fit to rounding; the ridge of
+    ``linear_fallback``, the held-out split and the validation scores are
+    computed on host copies. See docs/estimators.md.
+
     X is standardized inside ``fit``. Because the first dense layer is
     followed by batch norm (or is itself affine), this does not change the set
     of functions the network can represent, only the conditioning of the
@@ -209,8 +215,12 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         X : array-like, shape (N, p)
             NumPy array, pandas DataFrame or anything array-like; float32 is
             kept (training and predictions in float32), other numbers become
-            float64.
+            float64. With scikit-learn's ``array_api_dispatch=True``, an array
+            of another library (a torch tensor on any device, CuPy, JAX,
+            array_api_strict) is trained on there and the fitted arrays stay
+            there (docs/estimators.md); without it, it is converted to NumPy.
         y : array-like, shape (N,) or (N, k)
+            Moved to X's library and device under ``array_api_dispatch``.
         sample_weight : array-like, shape (N,), optional
             Frequency weights ≥ 0: a row of weight k counts as k copies of the
             row in the loss, in every batch norm's batch statistics, in the
@@ -228,9 +238,9 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             the rows of all ranks in rank order (equal up to rounding): global
             standardization of X and y, synchronized batch statistics, rank 0's
             seeds, and N, for ``solver="auto"``, ``batch_size="auto"`` and the
-            penalty, counting all rows. Needs ``early_stopping=False`` and no
-            ``sample_weight``; None or a reducer of one process is the
-            ordinary fit. See docs/scaling.md.
+            penalty, counting all rows. Needs ``early_stopping=False``, no
+            ``sample_weight`` and NumPy data; None or a reducer of one process
+            is the ordinary fit. See docs/scaling.md.
 
         Returns
         -------
@@ -243,7 +253,8 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             of different lengths, invalid hyperparameters, or a diverging
             optimizer (the message names the epoch). With a reducer: any
             rank's bad input (on every rank, as ``"rank r: ..."``),
-            ``early_stopping=True`` or ``sample_weight``.
+            ``early_stopping=True``, ``sample_weight`` or arrays of another
+            library under ``array_api_dispatch``.
         TypeError
             Sparse X; a ``reducer`` without the reducer interface.
         """
@@ -382,10 +393,19 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
 
         Returns
         -------
-        ndarray, shape (M,) or (M, k)
+        array, shape (M,) or (M, k)
             The shape of y in ``fit``; float32 when X here and X and y in
             ``fit`` were float32, else float64 (a float64 target keeps its
-            precision also when the network runs in float32).
+            precision also when the network runs in float32). A NumPy array,
+            or, for a model fitted under ``array_api_dispatch``, an array of
+            X's library on X's device.
+
+        Raises
+        ------
+        ValueError
+            X of another library or device than the data of ``fit`` (or,
+            for a model fitted in another library, a call without
+            ``array_api_dispatch``); the wrong number of columns; NaN.
         """
         z = self._forward(X)  # checks that the model is fitted
         # In y's precision (float64 unless X and y were float32 in fit).
@@ -397,4 +417,6 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        # scikit-learn's array_api_dispatch: X's library decides (estimators._namespace)
+        tags.array_api_support = True
         return tags
