@@ -190,6 +190,22 @@ def test_sample_weight_and_mixed_libraries(dispatch, name):
 
 
 @pytest.mark.parametrize("name", NAMESPACES)
+def test_numpy_x_with_y_of_another_library_is_numpy(dispatch, name):
+    # X decides: NumPy X trains in NumPy whatever library y and the weights are in.
+    X, y = _regression(n=60)
+    w = np.linspace(0.5, 2.0, 60)
+    for Est, target in ((BNMLPRegressor, y), (BNMLPClassifier, _labels(X))):
+        kw = dict(hidden_layer_sizes=(6,), random_state=0, max_iter=5)
+        with sklearn.config_context(array_api_dispatch=False):
+            ref = Est(**kw).fit(X, target, sample_weight=w)
+        model = Est(**kw).fit(X, _convert(name, target), sample_weight=_convert(name, w))
+        assert isinstance(model.params_[0]["w"], np.ndarray)
+        pred = model.predict(X)
+        assert isinstance(pred, np.ndarray)
+        np.testing.assert_array_equal(pred, ref.predict(X))
+
+
+@pytest.mark.parametrize("name", NAMESPACES)
 def test_float32_stays_float32(dispatch, name):
     X, y = _regression(n=80)
     X32, y32 = X.astype(np.float32), y.astype(np.float32)

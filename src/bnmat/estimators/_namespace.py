@@ -26,7 +26,7 @@ from ..ops.batchnorm import column_moments
 
 __all__ = ["dispatch_namespace", "float_dtypes", "device_of", "move_to", "take_rows",
            "fit_scaling_xp", "apply_scaling", "invert_scaling", "check_fit_namespace",
-           "host_score", "numpy_dtype", "reject_reducer"]
+           "host_score", "numpy_dtype", "reject_reducer", "on_host"]
 
 
 def dispatch_namespace(X):
@@ -214,3 +214,14 @@ def reject_reducer(estimator, reducer, xp) -> None:
             f"{type(estimator).__name__}.fit(..., reducer=) trains on NumPy arrays; got "
             f"{xp.__name__} arrays with scikit-learn's array_api_dispatch=True. Pass NumPy "
             "arrays (or fit without array_api_dispatch, which converts them)")
+
+
+def on_host(a):
+    """``a`` as NumPy when it is an array of another library (any device), else unchanged.
+
+    NumPy's path takes y of another library, as scikit-learn's convention has
+    y follow X; ``np.asarray`` alone cannot read a GPU array.
+    """
+    if isinstance(a, np.ndarray) or not array_api_compat.is_array_api_obj(a):
+        return a
+    return to_numpy(a)

@@ -11,7 +11,8 @@ from .._array_api import get_namespace, to_numpy
 from ..ops.losses import log_softmax
 from ._base import _FLOATS, _BNMLPBase, _sample_weight
 from ._distributed import estimator_reducer, global_classes, validate_on_every_rank
-from ._namespace import device_of, dispatch_namespace, float_dtypes, move_to, reject_reducer
+from ._namespace import (device_of, dispatch_namespace, float_dtypes, move_to, on_host,
+                         reject_reducer)
 from ._transaction import transactional_fit
 
 __all__ = ["BNMLPClassifier"]
@@ -101,6 +102,7 @@ n_outputs_, loss_curve_, best_loss_, n_iter_
             reject_reducer(self, red, xp)
             X, y = validate_data(self, X, y, dtype=float_dtypes(xp))
             return self._fit_in(xp, X, y, sample_weight)
+        y = on_host(y)   # y follows X (NumPy here)
         if red is None:
             X, y = validate_data(self, X, y, dtype=_FLOATS, order="C")
         else:

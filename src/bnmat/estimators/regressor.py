@@ -13,8 +13,8 @@ from ..layers._mlp import Scaling, build_mlp, fit_scaling
 from ._base import _FLOATS, _BNMLPBase, _sample_weight
 from ._distributed import estimator_reducer, global_scaling, validate_on_every_rank
 from ._namespace import (apply_scaling, device_of, dispatch_namespace, fit_scaling_xp,
-                         float_dtypes, invert_scaling, move_to, numpy_dtype, reject_reducer,
-                         take_rows)
+                         float_dtypes, invert_scaling, move_to, numpy_dtype, on_host,
+                         reject_reducer, take_rows)
 from ._transaction import transactional_fit
 
 __all__ = ["BNMLPRegressor"]
@@ -267,6 +267,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             X, y = validate_data(self, X, y, dtype=float_dtypes(xp), multi_output=True,
                                  y_numeric=True)
             return self._fit_in(xp, X, move_to(y, xp, device_of(X)), sample_weight)
+        y = on_host(y)   # y follows X (NumPy here)
         if red is None:
             X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", multi_output=True,
                                  y_numeric=True)
