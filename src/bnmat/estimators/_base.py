@@ -35,8 +35,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import optim, train
+from .._array_api import to_numpy
 from ..layers._mlp import ACTIVATIONS, auto_batch_size, auto_solver, build_mlp, fit_scaling
 from ._distributed import global_rows, global_scaling, seeds_of_rank_zero
+from ._namespace import (apply_scaling, check_fit_namespace, device_of, dispatch_namespace,
+                         fit_scaling_xp, float_dtypes, host_score, move_to, take_rows)
 
 __all__ = ["_BNMLPBase"]
 
@@ -191,8 +194,16 @@ class _BNMLPBase(BaseEstimator):
         ``reducer``: None, or a reducer of more than one process (from
         :func:`~bnmat.estimators._distributed.estimator_reducer`); ``x`` and
         ``target`` are then this rank's rows and N counts the rows of all ranks.
+        ``x`` and ``target`` may be arrays of another library (scikit-learn's
+        ``array_api_dispatch``, :mod:`bnmat.estimators._namespace`): training
+        runs there; the split, the seeds and the scores are computed on the host.
         """
         hidden = self._check_params()
+        xp = dispatch_namespace(x)
+        rows_of = (lambda a, r: a[r]) if xp is None else (lambda a, r: take_rows(a, r, xp))
+        # scores on host copies, with dispatch off: NumPy's numbers in every library
+        score = (self._validation_score if xp is None
+                 else lambda out, t: host_score(self._validation_score, out, t))
         n = x.shape[0] if reducer is None else global_rows(reducer, x.shape[0])
         self._check_rows(n)
         solver = auto_solver(n) if self.solver == "auto" else self.solver
@@ -207,9 +218,13 @@ class _BNMLPBase(BaseEstimator):
         # followed by batch norm, or is affine itself), only the conditioning
         # of the optimization: every column starts on the same scale.
         sw = sample_weight
-        self.x_scaling_ = (fit_scaling(x, sample_weight=sw) if reducer is None
-                           else global_scaling(reducer, x))
-        xs = self.x_scaling_.apply(x)
+        if xp is not None:
+            self.x_scaling_ = fit_scaling_xp(
+                x, xp, None if sw is None else move_to(sw, xp, device_of(x)))
+        else:
+            self.x_scaling_ = (fit_scaling(x, sample_weight=sw) if reducer is None
+                               else global_scaling(reducer, x))
+        xs = apply_scaling(self.x_scaling_, x)
         self.n_outputs_ = target.shape[1]
         self.net_ = build_mlp(hidden, self.activation, self.n_outputs_, eps=float(self.bn_eps),
                               ddof=int(self.bn_ddof), decay=float(self.bn_decay))
@@ -227,7 +242,8 @@ class _BNMLPBase(BaseEstimator):
             )
             rows_tr, rows_val = np.sort(rows_tr), np.sort(rows_val)
             self._split_rows = (rows_tr, rows_val)
-            x_tr, x_val, t_tr, t_val = xs[rows_tr], xs[rows_val], target[rows_tr], target[rows_val]
+            x_tr, x_val = rows_of(xs, rows_tr), rows_of(xs, rows_val)
+            t_tr, t_val = rows_of(target, rows_tr), rows_of(target, rows_val)
             if sw is not None:
                 sw = sw[rows_tr]   # the held-out loss is unweighted
             self._check_rows(x_tr.shape[0], "the training part after the validation split")
@@ -258,8 +274,8 @@ class _BNMLPBase(BaseEstimator):
 
             def record_score(epoch, logs):
                 if x_val is not None:
-                    out = np.asarray(self.net_.predict(logs["params"], logs["state"], x_val))
-                    scores.append(self._validation_score(out, t_val))
+                    out = to_numpy(self.net_.predict(logs["params"], logs["state"], x_val))
+                    scores.append(score(out, t_val))
 
             # early_stopping=True in train.fit also covers scikit-learn's rule
             # without a validation split: stop when the training loss stalls.
@@ -277,11 +293,19 @@ class _BNMLPBase(BaseEstimator):
             # held-out loss plateaus before it falls again); the best iterate is kept.
             from ..train._held_out import lbfgs_held_out
 
-            result = lbfgs_held_out(self.net_, params, state, xs, target, self._loss_name, l2,
-                                    None, self._split_rows, int(self.max_iter),
+            x_split, t_split, split = xs, target, self._split_rows
+            if xp is not None:
+                # lbfgs_held_out takes xs[rows], which the array API defines for
+                # 1-D arrays only; the rows put in order (training rows first)
+                # make both parts slices, taken as xs[(rows, columns)].
+                x_split, t_split = xp.concat([x_tr, x_val]), xp.concat([t_tr, t_val])
+                m = x_tr.shape[0]
+                split = ((slice(0, m), slice(None)), (slice(m, None), slice(None)))
+            result = lbfgs_held_out(self.net_, params, state, x_split, t_split, self._loss_name,
+                                    l2, None, split, int(self.max_iter),
                                     float(self.tol), 5 * int(self.n_iter_no_change))
-            record = self._validation_score(
-                np.asarray(self.net_.predict(result.params, result.state, x_val)), t_val)
+            record = score(
+                to_numpy(self.net_.predict(result.params, result.state, x_val)), t_val)
             scores = [record]   # lbfgs: the score of the kept iterate only
         else:
             result = train.fit_lbfgs(self.net_, params, state, x_tr, t_tr, loss=self._loss_name,
@@ -321,9 +345,20 @@ class _BNMLPBase(BaseEstimator):
 
     # -------------------------------------------------------------- prediction
 
-    def _forward(self, X) -> np.ndarray:
-        """Network output (N, k) in inference mode, in X's floating dtype; changes nothing."""
+    def _forward(self, X, method: str = "predict"):
+        """Network output (N, k) in inference mode, in X's floating dtype; changes nothing.
+
+        In X's library when the model was fitted there (``array_api_dispatch``).
+        """
         check_is_fitted(self)
+        check_fit_namespace(self, X, method)
+        xp = dispatch_namespace(X)
+        if xp is not None:
+            X = validate_data(self, X, dtype=float_dtypes(xp), reset=False)
+            xs = apply_scaling(self.x_scaling_, X)
+            out = self.net_.predict(self.params_, self.state_,
+                                    xp.astype(xs, self.params_[-1]["w"].dtype))
+            return xp.astype(out, X.dtype)
         # C order for every input layout: BLAS takes different (equally
         # accurate) paths for C and Fortran arrays, and results must not
         # depend on the layout of X (a DataFrame's array is often Fortran).

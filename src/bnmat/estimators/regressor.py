@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import validate_data
 
+from .._array_api import to_numpy
 from ..layers._mlp import Scaling, build_mlp, fit_scaling
 from ._base import _FLOATS, _BNMLPBase, _sample_weight
 from ._distributed import estimator_reducer, global_scaling, validate_on_every_rank
+from ._namespace import (apply_scaling, device_of, dispatch_namespace, fit_scaling_xp,
+                         float_dtypes, invert_scaling, move_to, numpy_dtype, on_host,
+                         reject_reducer, take_rows)
 from ._transaction import transactional_fit
 
 __all__ = ["BNMLPRegressor"]
@@ -134,6 +139,12 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
 
     Notes
     -----
+    Other array libraries: under scikit-learn's ``array_api_dispatch=True``
+    the estimator trains in X's library and device (torch, CuPy, JAX,
+    array_api_strict) and equals the NumPy fit to rounding; the ridge of
+    ``linear_fallback``, the held-out split and the validation scores are
+    computed on host copies. See docs/estimators.md.
+
     X is standardized inside ``fit``. Because the first dense layer is
     followed by batch norm (or is itself affine), this does not change the set
     of functions the network can represent, only the conditioning of the
@@ -204,8 +215,12 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         X : array-like, shape (N, p)
             NumPy array, pandas DataFrame or anything array-like; float32 is
             kept (training and predictions in float32), other numbers become
-            float64.
+            float64. With scikit-learn's ``array_api_dispatch=True``, an array
+            of another library (a torch tensor on any device, CuPy, JAX,
+            array_api_strict) is trained on there and the fitted arrays stay
+            there (docs/estimators.md); without it, it is converted to NumPy.
         y : array-like, shape (N,) or (N, k)
+            Moved to X's library and device under ``array_api_dispatch``.
         sample_weight : array-like, shape (N,), optional
             Frequency weights ≥ 0: a row of weight k counts as k copies of the
             row in the loss, in every batch norm's batch statistics, in the
@@ -223,9 +238,9 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             the rows of all ranks in rank order (equal up to rounding): global
             standardization of X and y, synchronized batch statistics, rank 0's
             seeds, and N, for ``solver="auto"``, ``batch_size="auto"`` and the
-            penalty, counting all rows. Needs ``early_stopping=False`` and no
-            ``sample_weight``; None or a reducer of one process is the
-            ordinary fit. See docs/scaling.md.
+            penalty, counting all rows. Needs ``early_stopping=False``, no
+            ``sample_weight`` and NumPy data; None or a reducer of one process
+            is the ordinary fit. See docs/scaling.md.
 
         Returns
         -------
@@ -238,13 +253,21 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             of different lengths, invalid hyperparameters, or a diverging
             optimizer (the message names the epoch). With a reducer: any
             rank's bad input (on every rank, as ``"rank r: ..."``),
-            ``early_stopping=True`` or ``sample_weight``.
+            ``early_stopping=True``, ``sample_weight`` or arrays of another
+            library under ``array_api_dispatch``.
         TypeError
             Sparse X; a ``reducer`` without the reducer interface.
         """
         if not isinstance(self.standardize_y, (bool, np.bool_)):
             raise ValueError(f"standardize_y must be True or False; got {self.standardize_y!r}")
         red = estimator_reducer(self, reducer)
+        xp = dispatch_namespace(X)
+        if xp is not None:
+            reject_reducer(self, red, xp)
+            X, y = validate_data(self, X, y, dtype=float_dtypes(xp), multi_output=True,
+                                 y_numeric=True)
+            return self._fit_in(xp, X, move_to(y, xp, device_of(X)), sample_weight)
+        y = on_host(y)   # y follows X (NumPy here)
         if red is None:
             X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", multi_output=True,
                                  y_numeric=True)
@@ -277,7 +300,44 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
             self._select_linear(self.x_scaling_.apply(X), ys)
         return self
 
-    def _select_linear(self, xs, ys) -> None:
+    def _fit_in(self, xp, X, y, sample_weight):
+        """:meth:`fit` on arrays of ``xp`` (``array_api_dispatch``), X (N, p) and y (N,) or (N, k).
+
+        The same steps as NumPy's path (a reducer is not taken); every fitted
+        array lives in ``xp`` on X's device.
+        """
+        sw = _sample_weight(sample_weight, X.shape[0])
+        self._y_ndim = y.ndim
+        self._y_dtype = np.dtype(np.float32 if y.dtype == xp.float32 else np.float64)
+        target = xp.astype(y, xp.float64)
+        target = xp.reshape(target, (X.shape[0], 1)) if target.ndim == 1 else target
+        dev = device_of(X)
+        if self.standardize_y:
+            self.y_scaling_ = fit_scaling_xp(
+                target, xp, None if sw is None else move_to(sw, xp, dev))
+        else:
+            k = target.shape[1]
+            self.y_scaling_ = Scaling(mean=xp.zeros(k, dtype=xp.float64, device=dev),
+                                      scale=xp.ones(k, dtype=xp.float64, device=dev))
+        if not isinstance(self.linear_fallback, (bool, np.bool_)):
+            raise ValueError(f"linear_fallback must be True or False; got {self.linear_fallback!r}")
+        ys = xp.astype(apply_scaling(self.y_scaling_, target), X.dtype)
+        self._fit_network(X, ys, sample_weight=sw)
+        self.selected_ = "network"
+        if (self.linear_fallback and sw is None and self._split_rows is not None
+                and self._hidden_sizes()):
+            xs = apply_scaling(self.x_scaling_, X)
+            # RidgeCV is NumPy's: the ridge is fitted on host copies (N × p, once),
+            # the network's held-out output is computed in xp.
+            net_val = to_numpy(self.net_.predict(self.params_, self.state_,
+                                                 take_rows(xs, self._split_rows[1], xp)))
+            with config_context(array_api_dispatch=False):
+                self._select_linear(to_numpy(xs), to_numpy(ys), net_val)
+            if self.selected_ == "linear":
+                self.params_ = [{k: move_to(v, xp, dev) for k, v in self.params_[0].items()}]
+        return self
+
+    def _select_linear(self, xs, ys, net_val=None) -> None:
         """Keep a ridge fit instead of the network unless the network predicts clearly better.
 
         Both are fitted on the training rows and scored on the held-out rows
@@ -288,7 +348,9 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         standard-error rule: the network is kept only when its total gain in
         held-out squared error exceeds the standard error of that sum
         (held-out rows as independent draws). The linear model is then
-        refitted on all rows (penalty chosen again).
+        refitted on all rows (penalty chosen again). ``xs`` (N, p) and ``ys``
+        (N, k) are NumPy arrays; ``net_val`` (M, k), the network's output on the
+        held-out rows, is computed here when None.
         """
         from sklearn.linear_model import RidgeCV
 
@@ -301,7 +363,8 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
 
         lin_val = ridge(rows_tr).predict(xs[rows_val].astype(np.float64))
         lin_val = lin_val.reshape(ys[rows_val].shape)
-        net_val = np.asarray(self.net_.predict(self.params_, self.state_, xs[rows_val]))
+        if net_val is None:
+            net_val = np.asarray(self.net_.predict(self.params_, self.state_, xs[rows_val]))
         gain = (np.sum((ys[rows_val] - lin_val) ** 2, axis=1)
                 - np.sum((ys[rows_val] - net_val) ** 2, axis=1))
         se = float(np.std(gain, ddof=1) * np.sqrt(gain.size)) if gain.size > 1 else np.inf
@@ -309,7 +372,7 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
         if gain.sum() > se:
             return
         final = ridge(np.arange(xs.shape[0]))
-        dtype = self.params_[-1]["w"].dtype
+        dtype = xs.dtype   # the network's (X's) precision
         w = np.asarray(final.coef_, dtype=np.float64).reshape(self.n_outputs_, -1).T
         b = np.asarray(final.intercept_, dtype=np.float64).reshape(self.n_outputs_)
         self.net_ = build_mlp((), self.activation, self.n_outputs_)
@@ -331,18 +394,30 @@ class BNMLPRegressor(RegressorMixin, _BNMLPBase):
 
         Returns
         -------
-        ndarray, shape (M,) or (M, k)
+        array, shape (M,) or (M, k)
             The shape of y in ``fit``; float32 when X here and X and y in
             ``fit`` were float32, else float64 (a float64 target keeps its
-            precision also when the network runs in float32).
+            precision also when the network runs in float32). A NumPy array,
+            or, for a model fitted under ``array_api_dispatch``, an array of
+            X's library on X's device.
+
+        Raises
+        ------
+        ValueError
+            X of another library or device than the data of ``fit`` (or,
+            for a model fitted in another library, a call without
+            ``array_api_dispatch``); the wrong number of columns; NaN.
         """
         z = self._forward(X)  # checks that the model is fitted
         # In y's precision (float64 unless X and y were float32 in fit).
-        out = self.y_scaling_.invert(z, dtype=np.result_type(z.dtype, self._y_dtype))
+        z_dtype = z.dtype if isinstance(z, np.ndarray) else numpy_dtype(z)
+        out = invert_scaling(self.y_scaling_, z, dtype=np.result_type(z_dtype, self._y_dtype))
         return out[:, 0] if self._y_ndim == 1 else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        # scikit-learn's array_api_dispatch: X's library decides (estimators._namespace)
+        tags.array_api_support = True
         return tags

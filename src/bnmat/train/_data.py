@@ -45,7 +45,7 @@ def take_rows(a, idx):
     if isinstance(a, np.ndarray) or _is_sparse(a):
         return a[idx]
     xp = get_namespace(a)
-    return xp.take(a, xp.asarray(idx), axis=0)
+    return xp.take(a, xp.asarray(idx, device=array_api_compat.device(a)), axis=0)
 
 
 def row_chunks(n: int, size, order=None, drop_last: str = "merge"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import array_api_compat
 
 from .._array_api import get_namespace, is_numpy, to_numpy
 from .._tree import tree_leaves, tree_unflatten
@@ -37,7 +38,9 @@ class FlatParams:
         parts = [theta[o[i]:o[i + 1]].reshape(a.shape).astype(a.dtype)
                  for i, a in enumerate(self.host)]
         if not is_numpy(self.xp):
-            parts = [self.xp.asarray(a) for a in parts]
+            # each leaf back on its own device (a GPU's, not the default one)
+            parts = [self.xp.asarray(a, device=array_api_compat.device(leaf))
+                     for a, leaf in zip(parts, tree_leaves(self.params))]
         return tree_unflatten(self.params, parts)
 
     def flatten(self, tree) -> np.ndarray:

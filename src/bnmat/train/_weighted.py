@@ -17,6 +17,7 @@ activation layers and the other layers without batch statistics.
 from __future__ import annotations
 
 import numpy as np
+import array_api_compat
 
 from .. import ops
 from .._array_api import as_float, check_finite, get_namespace, to_numpy
@@ -54,7 +55,7 @@ def weighted_loss_pair(name: str, w):
 
     def forward(y_pred, y):
         xp = get_namespace(y_pred)
-        wv = xp.astype(xp.asarray(w), y_pred.dtype)
+        wv = xp.astype(xp.asarray(w, device=array_api_compat.device(y_pred)), y_pred.dtype)
         wc = xp.reshape(wv, (-1,) + (1,) * (y_pred.ndim - 1))
         total = float(np.sum(to_numpy(w)))
         _, cache = base_forward(y_pred, y)          # validation, residuals, softmax
@@ -163,7 +164,9 @@ def weighted_population_statistics(net, params, state, x, w):
 def as_weights_like(w, x):
     """Weights as an array of x's namespace and float dtype."""
     xp = get_namespace(x)
-    return xp.astype(xp.asarray(np.asarray(w)), as_float(x[:0], "x", xp).dtype)
+    # x[:0, ...]: the array API indexes every axis; the weights on x's device
+    w = xp.asarray(np.asarray(to_numpy(w)), device=array_api_compat.device(x))
+    return xp.astype(w, as_float(x[:0, ...], "x", xp).dtype)
 
 
 def weighted_value_and_grad(net, params, state, x, y, loss, *, training, l2, sample_weight):
