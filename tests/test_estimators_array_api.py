@@ -433,3 +433,24 @@ def test_sklearn_array_api_checks_in_a_fresh_interpreter():
                              text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "passed" in out.stdout
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+def test_panel_estimator_refuses_other_libraries_clearly(dispatch):
+    # PanelBNMLPRegressor computes in NumPy only: under dispatch another library's X is
+    # one clear TypeError (not scikit-learn's dtype error from deep inside), in fit
+    # and in predict, and a refused fit leaves the estimator unfitted.
+    from bnmat import PanelBNMLPRegressor
+
+    X, y = _regression(n=40, p=3)
+    groups = np.repeat(np.arange(10), 4)
+    est = PanelBNMLPRegressor((3,), max_iter=3, random_state=0)
+    with pytest.raises(TypeError, match="PanelBNMLPRegressor.fit computes in NumPy only"):
+        est.fit(torch.from_numpy(X), torch.from_numpy(y), groups=groups)
+    assert not hasattr(est, "model_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y, groups=groups)                   # NumPy under dispatch: fine
+    assert isinstance(est.predict(X, groups=groups), np.ndarray)
+    with pytest.raises(TypeError, match="PanelBNMLPRegressor.predict computes in NumPy only"):
+        est.predict(torch.from_numpy(X), groups=groups)

@@ -317,6 +317,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
                                                              np.floating)) \
                 or not (np.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"crossfit_alpha must be a finite number >= 0; got {alpha!r}")
+        _numpy_only(X, "fit")
         X, y = validate_data(self, X, y, dtype=_FLOATS, order="C", y_numeric=True)
         n = X.shape[0]
         self._check_rows(n)
@@ -416,6 +417,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
             float32 for float32 X, else float64.
         """
         check_is_fitted(self)
+        _numpy_only(X, "predict")
         X = validate_data(self, X, dtype=_FLOATS, order="C", reset=False)
         return self.model_.predict(X, groups, time).astype(X.dtype, copy=False)
 
@@ -462,3 +464,16 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         tags.target_tags.single_output = True
         tags.target_tags.multi_output = False
         return tags
+
+
+def _numpy_only(X, method: str) -> None:
+    """Refuse another library's arrays under ``array_api_dispatch`` (NumPy only here)."""
+    from ..estimators._namespace import dispatch_namespace
+
+    if dispatch_namespace(X) is not None:
+        raise TypeError(
+            f"PanelBNMLPRegressor.{method} computes in NumPy only, and scikit-learn's "
+            f"array_api_dispatch is on with X a {type(X).__module__}.{type(X).__name__}: "
+            "pass NumPy arrays (e.g. X.cpu().numpy()) or fit outside "
+            "config_context(array_api_dispatch=True), which converts X to NumPy. "
+            "BNMLPRegressor and BNMLPClassifier do train in other libraries.")
