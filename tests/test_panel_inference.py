@@ -390,7 +390,7 @@ def test_crossfit_nuisances_are_penalized_and_never_stopped_early(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(x, y, groups=ent)
-    assert len(calls) == 3 * 2                      # (y, d) per fold, nothing else
+    assert len(calls) == 3 * 3 * 2                  # (y, d) per fold, n_rep=3 draws
     for kw in calls:
         assert kw["alpha"] == 0.37 and kw["hidden"] == (4,) and kw["max_iter"] == 20
         assert kw["early_stopping"] is False and kw["linear_fallback"] is False
@@ -420,7 +420,9 @@ def test_cli_crossfit_nuisances_use_crossfit_alpha_and_lbfgs(tmp_path, monkeypat
               "--cv", "2"]
     assert main(common + ["--crossfit-alpha", "-1"]) == 2
     assert "--crossfit-alpha must be a finite number >= 0; got -1.0" in capsys.readouterr().err
-    assert main(common + ["--crossfit-alpha", "0.25"]) == 0
+    assert main(common + ["--n-rep", "0"]) == 2
+    assert "--n-rep must be at least 1; got 0" in capsys.readouterr().err
+    assert main(common + ["--crossfit-alpha", "0.25", "--n-rep", "1"]) == 0
     out = capsys.readouterr().out
     assert "cross-fitted partialling out, 2 folds of units" in out
     assert len(calls) == 2 * 3                      # (lwage, union, married) per fold

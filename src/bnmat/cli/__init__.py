@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "unit; as linearmodels' PanelOLS)")
     panel.add_argument("--cv", type=int, default=5, metavar="K",
                        help="folds of units for --inference crossfit (default 5)")
+    panel.add_argument("--n-rep", type=int, default=3, metavar="R",
+                       help="draws of the folds for --inference crossfit, aggregated by "
+                            "medians (default 3)")
     panel.add_argument("--crossfit-alpha", type=float, default=0.1, metavar="A",
                        help="weight decay of the nuisance networks of --inference crossfit, "
                             "which train without early stopping or fallback (default 0.1)")

@@ -352,6 +352,8 @@ def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
         if not (math.isfinite(args.crossfit_alpha) and args.crossfit_alpha >= 0):
             raise UsageError(f"--crossfit-alpha must be a finite number >= 0; got "
                              f"{args.crossfit_alpha}")
+        if args.n_rep < 1:
+            raise UsageError(f"--n-rep must be at least 1; got {args.n_rep}")
         options = _options(args, x.shape[0])
         # The nuisance fits are penalized and never stopped early, so --solver auto
         # gives them L-BFGS on small data (the rule of PanelBNMLPRegressor).
@@ -359,7 +361,8 @@ def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
         fit_nuisance = nuisance_fitter(options, effects=effects, alpha=args.crossfit_alpha)
         return crossfit_inference(x, y, codes, t_codes, lin=tuple(lin), nn=tuple(network),
                                   names=names, effects=effects, fit_nuisance=fit_nuisance,
-                                  cv=args.cv, seed=args.seed, cov_type=args.cov_type)[0]
+                                  cv=args.cv, seed=args.seed, cov_type=args.cov_type,
+                                  n_rep=args.n_rep)[0]
     if model.network_columns:
         return None
     # No network (asked for, or kept by the linear fallback): the within regression.

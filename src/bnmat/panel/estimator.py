@@ -119,11 +119,13 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         its standard errors are always computed.
     cv : int, default 5
         Folds of units for ``inference="crossfit"``.
-    n_rep : int, default 1
+    n_rep : int, default 3
         Draws of the folds for ``inference="crossfit"``, aggregated by
         medians with the spread over draws added to the covariance
         (:func:`bnmat.panel.inference.crossfit_inference`); costs ``n_rep``
-        times as much.
+        times as much as one draw. Three by default: on 50 simulated units
+        one draw's intervals covered θ in 90 % of the replications, three
+        draws' in 94.5 % (docs/panel.md §6b).
     crossfit_alpha : float, default 0.1
         Weight decay of the nuisance networks of ``inference="crossfit"``
         (the model's own is ``alpha``). The default was chosen in the
@@ -235,7 +237,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         inference="none",
         cv=5,
         cov_type="clustered",
-        n_rep=1,
+        n_rep=3,
         crossfit_alpha=0.1,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
