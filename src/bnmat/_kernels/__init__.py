@@ -57,6 +57,8 @@ from ._batchnorm import (
     batchnorm_relu_backward,
     batchnorm_relu_forward,
 )
+from ._batchnorm import lean_backward as lean_batchnorm_backward
+from ._batchnorm import lean_forward as lean_batchnorm_forward
 from ._caches import (
     BatchNormInferenceKernelCache,
     BatchNormKernelCache,
@@ -87,6 +89,8 @@ __all__ = [
     "batchnorm_relu_backward",
     "batchnorm_relu_forward",
     "enabled",
+    "lean_batchnorm_backward",
+    "lean_batchnorm_forward",
     "relu_backward",
     "relu_backward_applies",
     "relu_forward",

@@ -135,11 +135,13 @@ def _forward(x, gamma, beta, eps, ddof, relu, out):
         if np.may_share_memory(out, x):
             # x is kept in the cache for the backward pass.
             raise ValueError("out must not overlap x: the backward pass reads x")
-    rows4 = _rows4(x)
-    with _config.kernel_call(x.size):
-        _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(
-            x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64,
-            rows4, _nchunks(n), out)
+    args = (x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64, _rows4(x),
+            _nchunks(n), out)
+    if x.size < _config.PARALLEL_MIN_ELEMENTS:
+        _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward_serial(*args)
+    else:
+        with _config.kernel_call(x.size):
+            _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(*args)
     if status != 0:
         return None     # the reference decides: its result, or its error
     cache = BatchNormKernelCache(
@@ -183,10 +185,13 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         same = out.__array_interface__["data"][0] == dy.__array_interface__["data"][0]
         if np.may_share_memory(out, x) or (np.may_share_memory(out, dy) and not same):
             raise ValueError("out may be dy itself but must not overlap x or part of dy")
-    with _config.kernel_call(x.size):
-        dgamma, dbeta = _kernels().backward(
-            dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a,
-            float(n - ddof), _rows4(x), _nchunks(n), out)
+    args = (dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a, float(n - ddof),
+            _rows4(x), _nchunks(n), out)
+    if x.size < _config.PARALLEL_MIN_ELEMENTS:
+        dgamma, dbeta = _kernels().backward_serial(*args)
+    else:
+        with _config.kernel_call(x.size):
+            dgamma, dbeta = _kernels().backward(*args)
     if not math.isfinite(float(dgamma.sum()) + float(dbeta.sum())):
         # NaN/inf in dy, or float32 partial sums that overflowed: the reference
         # (float64 sums of dy) decides. (A finite sum that overflows only sends
@@ -194,6 +199,91 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         return None
     return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype),
                                   dbeta=dbeta.astype(x.dtype))
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_NDARRAY = np.ndarray
+
+
+def lean_forward(x, gamma, beta, eps, ddof):
+    """:func:`bnmat.ops.batchnorm_forward` for its common case, in the fewest Python steps.
+
+    The common case: x a C-contiguous float32/float64 ``numpy.ndarray`` of at
+    least :data:`MIN_ELEMENTS` elements, 2 ≤ N, ddof < N, gamma and beta
+    contiguous vectors of x's dtype and length p ≥ 1, eps a ``float`` in
+    [0, ∞), ddof an ``int`` ≥ 0, kernels enabled. Every check of the general
+    path passes there, so this path skips them and checks only these
+    conditions, once each; small arrays run the serial build of the kernel
+    (no thread switch, no lock). Returns None outside the common case (the
+    caller then takes the general path, which decides as before); statistics
+    the kernel hands back (status ≠ 0) go to the reference formulas, which
+    give their result or raise their error, exactly as on the general path.
+    """
+    if not (type(x) is _NDARRAY and type(gamma) is _NDARRAY and type(beta) is _NDARRAY
+            and type(eps) is float and type(ddof) is int):
+        return None
+    dt = x.dtype
+    if not ((dt is _F32 or dt is _F64) and gamma.dtype is dt and beta.dtype is dt
+            and x.ndim == 2 and gamma.ndim == 1 and beta.ndim == 1):
+        return None
+    n, p = x.shape
+    size = n * p
+    if not (size >= _config.MIN_ELEMENTS and p > 0 and gamma.shape[0] == p
+            and beta.shape[0] == p and 0 <= ddof < n and n >= 2
+            and 0.0 <= eps < math.inf and x.flags.c_contiguous and gamma.flags.c_contiguous
+            and beta.flags.c_contiguous and _config.lean_enabled()):
+        return None
+    out = np.empty((n, p), dt)
+    k = _kernels()
+    args = (x, gamma, beta, eps, ddof, False, dt is _F64, size * dt.itemsize <= _ROWS4_MAX_BYTES,
+            _nchunks(n), out)
+    if size < _config.PARALLEL_MIN_ELEMENTS:
+        _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward_serial(*args)
+    else:
+        with _config.kernel_call(size):
+            _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward(*args)
+    if status:
+        with _config.reference_only():
+            return reference("batchnorm_forward")(x, gamma, beta, eps=eps, ddof=ddof)
+    return out, BatchNormKernelCache._lean(x, inv_std64.astype(dt), gamma, mean_hi, var.astype(dt),
+                                           ddof, mean_lo, inv_std64, beta, scale)
+
+
+def lean_backward(dy, cache):
+    """:func:`bnmat.ops.batchnorm_backward` for its common case; None outside it.
+
+    The common case: a :class:`BatchNormKernelCache` from plain batch norm and
+    dy a C-contiguous ``numpy.ndarray`` of x's shape and dtype, kernels
+    enabled. Non-finite sums go to the reference formulas, as on the general
+    path.
+    """
+    if type(cache) is not BatchNormKernelCache or type(dy) is not _NDARRAY:
+        return None
+    x = cache.x
+    dt = x.dtype
+    if (cache.relu or dy.dtype is not dt or dy.shape != x.shape or not dy.flags.c_contiguous
+            or not _config.enabled()):
+        return None
+    n, p = x.shape
+    size = n * p
+    out = np.empty((n, p), dt)
+    # γ in float64 times s: the promotion converts γ exactly, as astype does.
+    a = np.multiply(cache.gamma, cache.inv_std64)
+    args = (dy, x, cache.mean, cache.mean_lo, cache.scale, cache.beta, False, cache.inv_std64,
+            a, float(n - cache.ddof), size * dt.itemsize <= _ROWS4_MAX_BYTES, _nchunks(n), out)
+    k = _kernels()
+    if size < _config.PARALLEL_MIN_ELEMENTS:
+        dgamma, dbeta = k.backward_serial(*args)
+    else:
+        with _config.kernel_call(size):
+            dgamma, dbeta = k.backward(*args)
+    # Any NaN/inf in dγ or dβ makes the dot product NaN/inf (0·inf is NaN); a
+    # finite product that overflows only sends the call to the reference.
+    if not math.isfinite(np.dot(dgamma, dbeta)):
+        with _config.reference_only():
+            grads = reference("batchnorm_backward")(dy, cache.to_reference())
+        return grads
+    return BatchNormGrads(out, dgamma.astype(dt, copy=False), dbeta.astype(dt, copy=False))
 
 
 def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=None):

@@ -27,6 +27,7 @@ MIN_ELEMENTS_ENV = "BNMAT_KERNELS_MIN_ELEMENTS"
 MIN_ELEMENTS = int(os.environ.get(MIN_ELEMENTS_ENV, "4096"))
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_TRUE = ("1", "true", "yes", "on")
 
 _state = {"available": None, "forked": False, "kernels": None, "ready": None}
 
@@ -69,10 +70,13 @@ def enabled() -> bool:
     Set the environment variable ``BNMAT_DISABLE_KERNELS=1`` to force the
     reference formulas (it is read at every call, so tests can toggle it).
     """
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    v = os.environ.get(DISABLE_ENV)
+    if v is not None and v.strip().lower() in _TRUE:
         return False
     if _state["forked"]:
         return False
+    if _state["available"] is True and _state["ready"] is True:   # decided before
+        return True
     return available() and ready()
 
 
@@ -187,6 +191,14 @@ def wants(x, *vectors, ndim: int | None = 2) -> bool:
             return False
     if x.dtype.kind not in "fiub" or x.dtype.itemsize > 8:
         return False
+    if getattr(_local, "depth", 0):
+        return False
+    return enabled()
+
+
+def lean_enabled() -> bool:
+    """:func:`enabled`, and not inside :class:`reference_only` (what :func:`wants`
+    checks after its argument checks; for callers that checked the arguments)."""
     if getattr(_local, "depth", 0):
         return False
     return enabled()

@@ -82,12 +82,14 @@ def compile_all() -> float:
             x, vec, n, p = _variants(dtype, readonly_x)
             out = np.empty((n, p), dtype)
             two_pass = dtype == np.float64
-            _, var, inv_std, mean_hi, mean_lo, scale, _, _ = k.forward(
-                x, vec(), vec(), 1e-5, 0, False, two_pass, True, 1, out)
-            dy = np.ones((n, p), dtype)
-            a = np.ones(p)
-            k.backward(dy, x, mean_hi, mean_lo, scale, vec(), False, inv_std, a, float(n), True,
-                       1, out)
+            for forward, backward in ((k.forward, k.backward),
+                                      (k.forward_serial, k.backward_serial)):
+                _, var, inv_std, mean_hi, mean_lo, scale, _, _ = forward(
+                    x, vec(), vec(), 1e-5, 0, False, two_pass, True, 1, out)
+                dy = np.ones((n, p), dtype)
+                a = np.ones(p)
+                backward(dy, x, mean_hi, mean_lo, scale, vec(), False, inv_std, a, float(n),
+                         True, 1, out)
             k.inference_forward(x, vec(), vec(), vec(), vec(), 1, out)
             flat = x.reshape(-1)
             k.relu_forward(flat, out.reshape(-1))
