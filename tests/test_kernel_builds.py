@@ -230,3 +230,21 @@ def test_lean_path_hands_bad_statistics_to_the_reference(kernels_on, monkeypatch
         ref = ops.batchnorm_backward(dy_bad, cache.to_reference())
     for a, b in zip(got, ref):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_warm_marker_depends_on_numba_cpu_features(monkeypatch):
+    """Builds for another instruction set (NUMBA_CPU_FEATURES, e.g. AVX-512 off,
+    as ``benchmarks/run.py --isa avx2`` sets it) get their own marker: a marker
+    from the native build does not claim them compiled."""
+    from numba.core import config
+
+    from bnmat._kernels import _warm
+
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    native = _warm.marker_path()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512f")
+    avx2 = _warm.marker_path()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f")
+    other = _warm.marker_path()
+    assert len({native, avx2, other}) == 3
+    assert os.path.dirname(native) == os.path.dirname(avx2)

@@ -56,6 +56,18 @@ def marker_path() -> str | None:
             cpu = llvm.get_host_cpu_name()
     except Exception:
         cpu = "cpu"
+    try:
+        from numba.core import config
+
+        features = config.CPU_FEATURES
+    except Exception:
+        features = None
+    if features:
+        # NUMBA_CPU_FEATURES (e.g. AVX-512 switched off) changes the machine
+        # code, and numba keys its cache on it: so does the marker.
+        import hashlib
+
+        cpu += "-f" + hashlib.sha1(features.encode()).hexdigest()[:10]
     st = os.stat(_numba_bn.__file__)
     name = (f"bnmat-kernels-ready-numba{numba.__version__}-{cpu}-"
             f"{st.st_mtime_ns}-{st.st_size}-py{sys.version_info[0]}{sys.version_info[1]}")
