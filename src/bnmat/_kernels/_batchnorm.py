@@ -234,14 +234,17 @@ def lean_forward(x, gamma, beta, eps, ddof):
             and beta.flags.c_contiguous and _config.lean_enabled()):
         return None
     out = np.empty((n, p), dt)
-    k = _kernels()
-    args = (x, gamma, beta, eps, ddof, False, dt is _F64, size * dt.itemsize <= _ROWS4_MAX_BYTES,
-            _nchunks(n), out)
+    k = _config._state["kernels"] or _kernels()
+    nchunks = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK_ROWS))   # _nchunks(n)
     if size < _config.PARALLEL_MIN_ELEMENTS:
-        _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward_serial(*args)
+        _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward_serial(
+            x, gamma, beta, eps, ddof, False, dt is _F64,
+            size * dt.itemsize <= _ROWS4_MAX_BYTES, nchunks, out)
     else:
         with _config.kernel_call(size):
-            _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward(*args)
+            _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward(
+                x, gamma, beta, eps, ddof, False, dt is _F64,
+                size * dt.itemsize <= _ROWS4_MAX_BYTES, nchunks, out)
     if status:
         with _config.reference_only():
             return reference("batchnorm_forward")(x, gamma, beta, eps=eps, ddof=ddof)
@@ -270,8 +273,9 @@ def lean_backward(dy, cache):
     # γ in float64 times s: the promotion converts γ exactly, as astype does.
     a = np.multiply(cache.gamma, cache.inv_std64)
     args = (dy, x, cache.mean, cache.mean_lo, cache.scale, cache.beta, False, cache.inv_std64,
-            a, float(n - cache.ddof), size * dt.itemsize <= _ROWS4_MAX_BYTES, _nchunks(n), out)
-    k = _kernels()
+            a, float(n - cache.ddof), size * dt.itemsize <= _ROWS4_MAX_BYTES,
+            max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK_ROWS)), out)   # _nchunks(n)
+    k = _config._state["kernels"] or _kernels()
     if size < _config.PARALLEL_MIN_ELEMENTS:
         dgamma, dbeta = k.backward_serial(*args)
     else:
