@@ -248,3 +248,19 @@ def test_warm_marker_depends_on_numba_cpu_features(monkeypatch):
     other = _warm.marker_path()
     assert len({native, avx2, other}) == 3
     assert os.path.dirname(native) == os.path.dirname(avx2)
+
+
+def test_env_read_is_os_environ_get(monkeypatch):
+    """enabled() reads BNMAT_DISABLE_KERNELS through environ's dict (no KeyError
+    per call); it must see exactly what os.environ.get sees."""
+    for value in ("1", " TRUE ", "0", "", "on", "ja", "é"):
+        monkeypatch.setenv("BNMAT_TEST_ENV_READ", value)
+        assert _config._env_get("BNMAT_TEST_ENV_READ") == os.environ.get("BNMAT_TEST_ENV_READ")
+    monkeypatch.delenv("BNMAT_TEST_ENV_READ")
+    assert _config._env_get("BNMAT_TEST_ENV_READ") is None
+    for value, on in (("1", False), (" Yes ", False), ("0", True), ("", True)):
+        monkeypatch.setenv(_config.DISABLE_ENV, value)
+        assert _config.enabled() is on
+        assert _config.lean_enabled() is on
+    with _config.reference_only():
+        assert not _config.lean_enabled()
