@@ -264,3 +264,51 @@ def test_env_read_is_os_environ_get(monkeypatch):
         assert _config.lean_enabled() is on
     with _config.reference_only():
         assert not _config.lean_enabled()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lean_relu_path_is_bitwise_the_general_kernel_path(kernels_on, rng, dtype):
+    """The fused BN+ReLU pair (what Sequential's fused layers call) through the
+    lean path: H, the cache, and the backward out of place and in place (out=dh)
+    bitwise as the general kernel path gives them."""
+    x, gamma, beta, dy = _data(rng, 300, 21, dtype)
+    h, cache = _kernels.batchnorm_relu_forward(x, gamma, beta)
+    assert cache.relu is None and cache.bn.relu is True
+    h_gen, bn_gen = _batchnorm._forward(x, gamma, beta, 1e-5, 0, True, None)
+    assert np.array_equal(h, h_gen)
+    for key in bn_gen.__dict__:
+        assert np.array_equal(cache.bn.__dict__[key], bn_gen.__dict__[key]), key
+    for a, b in zip(cache.bn, bn_gen):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    grads = _kernels.batchnorm_relu_backward(dy, cache)
+    a64 = bn_gen.gamma.astype(np.float64) * bn_gen.inv_std64
+    general = _batchnorm._backward(dy, bn_gen.x, bn_gen.mean, bn_gen.mean_lo, bn_gen.scale,
+                                   bn_gen.beta, True, bn_gen.inv_std64, a64, 0, None)
+    dh = dy.copy()
+    inplace = _kernels.batchnorm_relu_backward(dh, cache, out=dh)
+    assert inplace.dx is dh
+    for g in (grads, inplace):
+        for a, b in zip(g, general):
+            assert a.dtype == b.dtype == dtype and np.array_equal(a, b)
+    # a read-only dh as out: the general path's error
+    ro = dy.copy()
+    ro.flags.writeable = False
+    assert _batchnorm.lean_backward(ro, cache.bn, True, ro) is None
+    with pytest.raises(ValueError, match="writeable"):
+        _kernels.batchnorm_relu_backward(ro, cache, out=ro)
+    # a plain-BN cache is not taken as a ReLU one, nor the other way round
+    assert _batchnorm.lean_backward(dy, cache.bn, False) is None
+    _, plain = _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0)
+    assert _batchnorm.lean_backward(dy, plain, True) is None
+
+
+def test_non_finite_sums_are_decided_per_element():
+    """The backward kernel leaves out unwritten exactly when an element of dγ or
+    dβ is not finite; finite sums whose product overflows are not that case."""
+    f = _batchnorm._sums_not_finite
+    big = np.array([1e200, 1e200])
+    assert not f(big, big)                       # the dot overflows, the elements do not
+    assert not f(np.ones(3), np.ones(3))
+    assert f(np.array([1.0, np.inf]), np.array([1.0, 0.0]))   # 0·inf
+    assert f(np.array([1.0, 2.0]), np.array([np.nan, 1.0]))
+    assert f(np.array([-np.inf]), np.array([3.0]))

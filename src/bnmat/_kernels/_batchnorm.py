@@ -192,10 +192,12 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
     else:
         with _config.kernel_call(x.size):
             dgamma, dbeta = _kernels().backward(*args)
-    if not math.isfinite(float(dgamma.sum()) + float(dbeta.sum())):
-        # NaN/inf in dy, or float32 partial sums that overflowed: the reference
-        # (float64 sums of dy) decides. (A finite sum that overflows only sends
-        # the call to the reference, which is never wrong.)
+    if _sums_not_finite(dgamma, dbeta):
+        # NaN/inf in dy, or float32 partial sums that overflowed: the kernel
+        # left out (possibly dy itself) untouched, and the reference (float64
+        # sums of dy) decides. Decided per element: finite sums whose total
+        # overflows were sent here before although the kernel had already
+        # written out, which could be dy.
         return None
     return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype),
                                   dbeta=dbeta.astype(x.dtype))
@@ -205,8 +207,9 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _NDARRAY = np.ndarray
 
 
-def lean_forward(x, gamma, beta, eps, ddof):
-    """:func:`bnmat.ops.batchnorm_forward` for its common case, in the fewest Python steps.
+def lean_forward(x, gamma, beta, eps, ddof, relu=False):
+    """:func:`bnmat.ops.batchnorm_forward` (or, with ``relu``, the fused
+    :func:`batchnorm_relu_forward`) for its common case, in the fewest Python steps.
 
     The common case: x a C-contiguous float32/float64 ``numpy.ndarray`` of at
     least :data:`MIN_ELEMENTS` elements, 2 ≤ N, ddof < N, gamma and beta
@@ -215,9 +218,13 @@ def lean_forward(x, gamma, beta, eps, ddof):
     path passes there, so this path skips them and checks only these
     conditions, once each; small arrays run the serial build of the kernel
     (no thread switch, no lock). Returns None outside the common case (the
-    caller then takes the general path, which decides as before); statistics
+    caller then takes the general path, which decides as before). Statistics
     the kernel hands back (status ≠ 0) go to the reference formulas, which
-    give their result or raise their error, exactly as on the general path.
+    give their result or raise their error, exactly as on the general path
+    (with ``relu``: None, and the general path does that).
+
+    Returns ``(y, cache)``: y (or H) of shape (N, p) and the
+    :class:`BatchNormKernelCache` (``relu`` set as given).
     """
     if not (type(x) is _NDARRAY and type(gamma) is _NDARRAY and type(beta) is _NDARRAY
             and type(eps) is float and type(ddof) is int):
@@ -233,46 +240,68 @@ def lean_forward(x, gamma, beta, eps, ddof):
             and 0.0 <= eps < math.inf and x.flags.c_contiguous and gamma.flags.c_contiguous
             and beta.flags.c_contiguous and _config.lean_enabled()):
         return None
+    relu = relu is True
     out = np.empty((n, p), dt)
     k = _config._state["kernels"] or _kernels()
     nchunks = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK_ROWS))   # _nchunks(n)
     if size < _config.PARALLEL_MIN_ELEMENTS:
         _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward_serial(
-            x, gamma, beta, eps, ddof, False, dt is _F64,
+            x, gamma, beta, eps, ddof, relu, dt is _F64,
             size * dt.itemsize <= _ROWS4_MAX_BYTES, nchunks, out)
     else:
         with _config.kernel_call(size):
             _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = k.forward(
-                x, gamma, beta, eps, ddof, False, dt is _F64,
+                x, gamma, beta, eps, ddof, relu, dt is _F64,
                 size * dt.itemsize <= _ROWS4_MAX_BYTES, nchunks, out)
     if status:
+        if relu:
+            return None
         with _config.reference_only():
             return reference("batchnorm_forward")(x, gamma, beta, eps=eps, ddof=ddof)
     return out, BatchNormKernelCache._lean(x, inv_std64.astype(dt), gamma, mean_hi, var.astype(dt),
-                                           ddof, mean_lo, inv_std64, beta, scale)
+                                           ddof, mean_lo, inv_std64, beta, scale, relu)
 
 
-def lean_backward(dy, cache):
-    """:func:`bnmat.ops.batchnorm_backward` for its common case; None outside it.
+def _sums_not_finite(dgamma, dbeta) -> bool:
+    """True exactly when the backward kernel found a non-finite dγ or dβ (and
+    then left ``out`` unwritten). One dot product decides the common case (any
+    NaN/inf makes it NaN/inf, 0·inf included); only when it is not finite are
+    the elements checked, since finite sums can have a product that overflows."""
+    if math.isfinite(np.dot(dgamma, dbeta)):
+        return False
+    return not (np.isfinite(dgamma).all() and np.isfinite(dbeta).all())
 
-    The common case: a :class:`BatchNormKernelCache` from plain batch norm and
-    dy a C-contiguous ``numpy.ndarray`` of x's shape and dtype, kernels
-    enabled. Non-finite sums go to the reference formulas, as on the general
-    path.
+
+def lean_backward(dy, cache, relu=False, out=None):
+    """:func:`bnmat.ops.batchnorm_backward` (``relu``: :func:`batchnorm_relu_backward`
+    with ``cache.bn``) for its common case; None outside it.
+
+    The common case: a :class:`BatchNormKernelCache` whose ``relu`` is
+    ``relu`` and dy a C-contiguous ``numpy.ndarray`` of x's shape and dtype,
+    kernels enabled; ``out`` None or dy itself (writeable, not overlapping
+    x). Non-finite sums go to the reference formulas, as on the general path
+    (with ``relu`` or ``out``: None, and the general path does that; the
+    kernel then left dy untouched).
     """
     if type(cache) is not BatchNormKernelCache or type(dy) is not _NDARRAY:
         return None
     x = cache.x
     dt = x.dtype
-    if (cache.relu or dy.dtype is not dt or dy.shape != x.shape or not dy.flags.c_contiguous
-            or not _config.enabled()):
+    if (cache.relu is not relu or dy.dtype is not dt or dy.shape != x.shape
+            or not dy.flags.c_contiguous or not _config.enabled()):
         return None
     n, p = x.shape
     size = n * p
-    out = np.empty((n, p), dt)
+    if out is None:
+        out = np.empty((n, p), dt)
+        fresh = True
+    elif out is dy and dy.flags.writeable and not np.may_share_memory(dy, x):
+        fresh = False
+    else:
+        return None
     # γ in float64 times s: the promotion converts γ exactly, as astype does.
     a = np.multiply(cache.gamma, cache.inv_std64)
-    args = (dy, x, cache.mean, cache.mean_lo, cache.scale, cache.beta, False, cache.inv_std64,
+    args = (dy, x, cache.mean, cache.mean_lo, cache.scale, cache.beta, relu, cache.inv_std64,
             a, float(n - cache.ddof), size * dt.itemsize <= _ROWS4_MAX_BYTES,
             max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK_ROWS)), out)   # _nchunks(n)
     k = _config._state["kernels"] or _kernels()
@@ -281,9 +310,9 @@ def lean_backward(dy, cache):
     else:
         with _config.kernel_call(size):
             dgamma, dbeta = k.backward(*args)
-    # Any NaN/inf in dγ or dβ makes the dot product NaN/inf (0·inf is NaN); a
-    # finite product that overflows only sends the call to the reference.
-    if not math.isfinite(np.dot(dgamma, dbeta)):
+    if _sums_not_finite(dgamma, dbeta):
+        if relu or not fresh:
+            return None
         with _config.reference_only():
             grads = reference("batchnorm_backward")(dy, cache.to_reference())
         return grads
@@ -415,6 +444,10 @@ def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, 
     cache : BatchNormReLUCache
         ``cache.bn.mean`` and ``cache.bn.var`` are the batch statistics.
     """
+    if out is None:
+        lean = lean_forward(x, gamma, beta, eps, ddof, True)
+        if lean is not None:
+            return lean[0], BatchNormReLUCache(bn=lean[1], relu=None)
     if _config.wants(x, gamma, beta):
         result = _forward(x, gamma, beta, eps, ddof, True, out)
         if result is not None:
@@ -451,6 +484,9 @@ def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
         raise TypeError(f"expected a BatchNormReLUCache; got {type(cache).__name__}")
     bn = cache.bn
     if cache.relu is None:
+        lean = lean_backward(dh, bn, True, out)
+        if lean is not None:
+            return lean
         if not _config._plain(dh):
             raise TypeError(
                 f"the forward pass ran on NumPy arrays; dh must be a NumPy array, got "

@@ -51,11 +51,12 @@ class BatchNormKernelCache(BatchNormCache):
         return self
 
     @classmethod
-    def _lean(cls, x, inv_std, gamma, mean, var, ddof, mean_lo, inv_std64, beta, scale):
-        """The same object as ``cls(...)`` with ``relu=False``, built in fewer steps."""
+    def _lean(cls, x, inv_std, gamma, mean, var, ddof, mean_lo, inv_std64, beta, scale,
+              relu=False):
+        """The same object as ``cls(...)`` (``relu`` a bool), built in fewer steps."""
         self = tuple.__new__(cls, (None, inv_std, gamma, mean, var, ddof))
         self.__dict__.update(x=x, mean_lo=mean_lo, inv_std64=inv_std64, beta=beta,
-                             scale=scale, relu=False)
+                             scale=scale, relu=relu)
         return self
 
     @property
