@@ -24,7 +24,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from bnmat import _kernels, ops  # noqa: E402
-from bnmat._kernels import _batchnorm, _config  # noqa: E402
+from bnmat._kernels import _batchnorm, _config, _lean  # noqa: E402
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_public_ops_below_and_above_the_parallel_threshold(kernels_on, monkeypat
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_lean_path_is_bitwise_the_general_kernel_path(kernels_on, rng, dtype, ddof):
     x, gamma, beta, dy = _data(rng, 300, 21, dtype)
-    lean = _batchnorm.lean_forward(x, gamma, beta, 1e-5, ddof)
+    lean = _lean.lean_forward(x, gamma, beta, 1e-5, ddof)
     assert lean is not None
     y, cache = _kernels.batchnorm_forward(x, gamma, beta, eps=1e-5, ddof=ddof)
     assert np.array_equal(lean[0], y)
@@ -136,7 +136,7 @@ def test_lean_path_is_bitwise_the_general_kernel_path(kernels_on, rng, dtype, dd
     assert lean[1].__dict__.keys() == cache.__dict__.keys()
     for key in cache.__dict__:
         assert np.array_equal(lean[1].__dict__[key], cache.__dict__[key]), key
-    g_lean = _batchnorm.lean_backward(dy, lean[1])
+    g_lean = _lean.lean_backward(dy, lean[1])
     g = _kernels.batchnorm_backward(dy, cache)
     assert type(g_lean) is type(g)
     for a, b in zip(g_lean, g):
@@ -179,22 +179,22 @@ def test_lean_path_takes_only_the_common_case(kernels_on, rng):
     """Outside the common case the lean path declines (None): the general path
     then gives its own result or its own error, as before."""
     for name, args in _uncommon_cases(rng):
-        assert _batchnorm.lean_forward(*args) is None, name
+        assert _lean.lean_forward(*args) is None, name
     x, gamma, beta, dy = _data(rng, 64, 8, np.float64)
-    assert _batchnorm.lean_forward(x, gamma, beta, 1e-5, 63) is not None  # ddof = N - 1
+    assert _lean.lean_forward(x, gamma, beta, 1e-5, 63) is not None  # ddof = N - 1
     with _config.reference_only():
-        assert _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0) is None
+        assert _lean.lean_forward(x, gamma, beta, 1e-5, 0) is None
     os.environ[_config.DISABLE_ENV] = "1"
     try:
-        assert _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0) is None
+        assert _lean.lean_forward(x, gamma, beta, 1e-5, 0) is None
     finally:
         del os.environ[_config.DISABLE_ENV]
-    _, cache = _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0)
+    _, cache = _lean.lean_forward(x, gamma, beta, 1e-5, 0)
     for bad_dy in (dy.astype(np.float32), np.asfortranarray(dy), dy[:-1], dy.tolist(),
                    dy.astype(">f8")):
-        assert _batchnorm.lean_backward(bad_dy, cache) is None
+        assert _lean.lean_backward(bad_dy, cache) is None
     _, relu_cache = _kernels.batchnorm_relu_forward(x, gamma, beta)
-    assert _batchnorm.lean_backward(dy, relu_cache.bn) is None
+    assert _lean.lean_backward(dy, relu_cache.bn) is None
     with pytest.raises(ValueError, match="batchnorm_relu_backward"):
         ops.batchnorm_backward(dy, relu_cache.bn)
 
@@ -215,18 +215,18 @@ def test_lean_path_hands_bad_statistics_to_the_reference(kernels_on, monkeypatch
     cases.append((huge, 1e-5))
     for xb, eps in cases:
         with pytest.raises(ValueError) as lean_err:
-            _batchnorm.lean_forward(xb, gamma, beta, eps, 0)
+            _lean.lean_forward(xb, gamma, beta, eps, 0)
         with monkeypatch.context() as m:
             m.setenv(_config.DISABLE_ENV, "1")
             with pytest.raises(ValueError) as ref_err:
                 ops.batchnorm_forward(xb, gamma, beta, eps=eps)
         assert str(lean_err.value) == str(ref_err.value)
     # non-finite upstream gradient: the reference's result (NaN where it puts NaN)
-    _, cache = _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0)
+    _, cache = _lean.lean_forward(x, gamma, beta, 1e-5, 0)
     dy_bad = dy.copy()
     dy_bad[3, 2] = np.inf
     with np.errstate(all="ignore"):
-        got = _batchnorm.lean_backward(dy_bad, cache)
+        got = _lean.lean_backward(dy_bad, cache)
         ref = ops.batchnorm_backward(dy_bad, cache.to_reference())
     for a, b in zip(got, ref):
         assert np.array_equal(a, b, equal_nan=True)
@@ -293,13 +293,13 @@ def test_lean_relu_path_is_bitwise_the_general_kernel_path(kernels_on, rng, dtyp
     # a read-only dh as out: the general path's error
     ro = dy.copy()
     ro.flags.writeable = False
-    assert _batchnorm.lean_backward(ro, cache.bn, True, ro) is None
+    assert _lean.lean_backward(ro, cache.bn, True, ro) is None
     with pytest.raises(ValueError, match="writeable"):
         _kernels.batchnorm_relu_backward(ro, cache, out=ro)
     # a plain-BN cache is not taken as a ReLU one, nor the other way round
-    assert _batchnorm.lean_backward(dy, cache.bn, False) is None
-    _, plain = _batchnorm.lean_forward(x, gamma, beta, 1e-5, 0)
-    assert _batchnorm.lean_backward(dy, plain, True) is None
+    assert _lean.lean_backward(dy, cache.bn, False) is None
+    _, plain = _lean.lean_forward(x, gamma, beta, 1e-5, 0)
+    assert _lean.lean_backward(dy, plain, True) is None
 
 
 def test_non_finite_sums_are_decided_per_element():
