@@ -304,10 +304,10 @@ def test_lean_relu_path_is_bitwise_the_general_kernel_path(kernels_on, rng, dtyp
 
 def test_non_finite_sums_are_decided_per_element():
     """The backward kernel leaves out unwritten exactly when an element of dγ or
-    dβ is not finite; finite sums whose product overflows are not that case."""
+    dβ is not finite; finite sums whose total overflows are not that case."""
     f = _batchnorm._sums_not_finite
-    big = np.array([1e200, 1e200])
-    assert not f(big, big)                       # the dot overflows, the elements do not
+    big = np.array([1.5e308, 1.5e308])
+    assert not f(big, -big)                      # the totals overflow, the elements do not
     assert not f(np.ones(3), np.ones(3))
     assert f(np.array([1.0, np.inf]), np.array([1.0, 0.0]))   # 0·inf
     assert f(np.array([1.0, 2.0]), np.array([np.nan, 1.0]))

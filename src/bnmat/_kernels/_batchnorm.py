@@ -18,8 +18,6 @@ copied to C order once, and the copy is what the cache holds.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..ops._types import (BatchNormCache, BatchNormGrads, _check_param, check_ddof, check_eps,
@@ -206,12 +204,10 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
 
 def _sums_not_finite(dgamma, dbeta) -> bool:
     """True exactly when the backward kernel found a non-finite dγ or dβ (and
-    then left ``out`` unwritten). One dot product decides the common case (any
-    NaN/inf makes it NaN/inf, 0·inf included); only when it is not finite are
-    the elements checked, since finite sums can have a product that overflows."""
-    if math.isfinite(np.dot(dgamma, dbeta)):
-        return False
-    return not (np.isfinite(dgamma).all() and np.isfinite(dbeta).all())
+    then left ``out`` unwritten): the kernel's own per-element test, compiled
+    (no floating-point warning, ~0.3 µs). A test on the total of the sums also
+    fires for finite sums whose total overflows, after out was written."""
+    return not (_config._state["kernels"] or _kernels()).sums_finite(dgamma, dbeta)
 
 
 def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=None):

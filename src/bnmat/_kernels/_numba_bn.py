@@ -439,6 +439,16 @@ def relu_backward(dy, x, out):
         out[i] = dy[i] if x[i] > zero else zero
 
 
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=False)
+def sums_finite(dgamma, dbeta):
+    """True when every element of both vectors is finite (``backward``'s own
+    test before it writes ``out``); no floating-point warning either way."""
+    for j in range(dgamma.shape[0]):
+        if not (np.isfinite(dgamma[j]) and np.isfinite(dbeta[j])):
+            return False
+    return True
+
+
 # ------------------------------------------------------------- serial builds
 _SERIAL_OPTS = dict(_OPTS, parallel=False)
 
