@@ -22,7 +22,8 @@ import random
 import statistics
 import time
 
-__all__ = ["call", "cpu_jiffies", "reset_peak_rss", "status_kb", "time_interleaved", "versions"]
+__all__ = ["call", "cpu_jiffies", "isa_report", "reset_peak_rss", "status_kb", "time_interleaved",
+           "versions"]
 
 _CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -147,6 +148,57 @@ def time_interleaved(fns, budget_s, *, min_block_s=0.02, gap_s=0.02, seed=0,
                       quiet_rounds=len(quiet), noisy=noisy,
                       foreign_mean=sum(foreign) / len(foreign), foreign_max=max(foreign))
     return out
+
+
+def isa_report():
+    """What instruction set each library really uses in this process.
+
+    numba: its target CPU and whether a freshly compiled vectorizable loop uses
+    512-bit registers (zmm); NumPy: whether any AVX-512 dispatch target is on;
+    torch: ``torch.backends.cpu.get_cpu_capability()``; OpenBLAS: its core type
+    (in :func:`versions`' thread pools).
+    """
+    r = {}
+    try:
+        import numpy as np
+        from numba import njit
+        from numba.core import config
+
+        @njit(cache=False)
+        def _axpy(a, x, y):
+            for i in range(x.shape[0]):
+                y[i] += a * x[i]
+
+        x = np.ones(4096, np.float32)
+        _axpy(np.float32(2), x, x.copy())
+        asm = next(iter(_axpy.inspect_asm().values()))
+        r["numba_cpu"] = config.CPU_NAME or "host"
+        r["numba_features_set"] = config.CPU_FEATURES is not None
+        r["numba_zmm"] = "zmm" in asm
+        r["numba_ymm"] = "ymm" in asm
+    except Exception as exc:  # noqa: BLE001
+        r["numba"] = f"unavailable ({type(exc).__name__})"
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+        r["numpy_avx512_dispatch"] = sorted(f for f in __cpu_dispatch__
+                                            if __cpu_features__.get(f)
+                                            and (f.startswith("AVX512") or f == "X86_V4"))
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import torch
+
+        r["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from bnmat import _kernels
+
+        r["bnmat_kernels_enabled"] = bool(_kernels.enabled())
+    except Exception:  # noqa: BLE001
+        pass
+    return r
 
 
 def versions():

@@ -175,7 +175,8 @@ def worker_bn(args):
     timing = harness.time_interleaved(fns, args.budget * args.budget_scale,
                                       seed=(n * 31 + p) & 0xFFFF, gap_s=0.02)
     return {"case": dict(N=n, p=p, dtype=dtype), "config": args.config, "timing": timing,
-            "check": check, "errors": errors, "versions": harness.versions()}
+            "check": check, "errors": errors, "versions": harness.versions(),
+            "isa": harness.isa_report()}
 
 
 def worker_mlp(args):
@@ -415,11 +416,52 @@ WORKERS = {"bw": worker_bw, "bn": worker_bn, "mlp": worker_mlp, "mem": worker_me
 
 
 # ============================================================================ orchestration
+#: environment of every worker for ``--isa`` (set by main); {} for the native ISA
+ISA_ENV = {}
+
+
+def isa_environment(isa):
+    """Worker environment that keeps every library to ``isa`` ("native" or "avx2").
+
+    For "avx2" on an AVX-512 CPU: numba targets znver3 (AMD hosts) or haswell
+    with the host's features minus every AVX-512/AMX/AVX10 one
+    (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``; a CPU name alone keeps the
+    host's features, AVX-512 included) and compiles into its own cache folder
+    (``NUMBA_CACHE_DIR``), so that the ISA builds never mix; torch runs its
+    AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``); NumPy switches off its
+    AVX-512 dispatch targets (``NPY_DISABLE_CPU_FEATURES``); OpenBLAS uses its
+    Haswell kernels (``OPENBLAS_CORETYPE``). Every worker reports what it really
+    used (:func:`harness.isa_report`), and the tables print it.
+    """
+    if isa == "native":
+        return {}
+    if isa != "avx2":
+        raise ValueError(f"unknown --isa {isa!r}; use native or avx2")
+    import llvmlite.binding as ll
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    off = ("avx512", "amx", "avx10", "evex512")
+    features = ",".join(("-" + f[1:]) if f[1:].startswith(off) else f
+                        for f in ll.get_host_cpu_features().flatten().split(","))
+    host = ll.get_host_cpu_name()
+    return {
+        "NUMBA_CPU_NAME": "znver3" if host.startswith("znver") else "haswell",
+        "NUMBA_CPU_FEATURES": features,
+        "NUMBA_CACHE_DIR": os.path.join(ROOT, "bench-results", ".numba-cache-avx2"),
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "NPY_DISABLE_CPU_FEATURES": " ".join(
+            f for f in __cpu_dispatch__ if f.startswith("AVX512") or f == "X86_V4"),
+        "OPENBLAS_CORETYPE": "Haswell",
+    }
+
+
 def clean_env(extra=None):
     env = dict(os.environ)
     for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GLIBC_TUNABLES", "OMP_WAIT_POLICY",
-              "GOMP_SPINCOUNT", "BNMAT_DISABLE_KERNELS"):
+              "GOMP_SPINCOUNT", "BNMAT_DISABLE_KERNELS", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES",
+              "ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES"):
         env.pop(k, None)
+    env.update(ISA_ENV)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(ROOT, "src"), HERE]
         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -471,6 +513,17 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output folder")
     ap.add_argument("--budget-scale", type=float, default=1.0)
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only print an earlier run's tables")
+    ap.add_argument("--isa", default="native", choices=("native", "avx2"),
+                    help="instruction set of every worker: native, or avx2 (AVX-512 switched "
+                         "off in numba, torch, NumPy and OpenBLAS)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="bn part: each variant in its own process, --rounds rounds, the order "
+                         "alternating; medians over rounds and same-round ratios")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bn-cases", default=None,
+                    help="bn cases as NxP:dtype, comma separated (e.g. 256x64:float32)")
+    ap.add_argument("--bn-variants", default=None,
+                    help="comma list of bn variants (default: all that run here)")
     # worker arguments
     ap.add_argument("--worker", choices=sorted(WORKERS))
     ap.add_argument("--N", type=int)
@@ -491,6 +544,8 @@ def main(argv=None):
             print(render(json.load(fh)))
         return 0
 
+    ISA_ENV.clear()
+    ISA_ENV.update(isa_environment(args.isa))
     parts = set(args.parts.split(","))
     configs = [c for c in args.configs.split(",") if c in CONFIG_ENV]
     scale = args.budget_scale * (0.3 if args.quick else 1.0)
@@ -498,7 +553,9 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.time()
     R = {"machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-         "quick": args.quick, "bn": [], "mlp": [], "mem": [], "job": []}
+         "quick": args.quick, "bn": [], "mlp": [], "mem": [], "job": [], "isa": args.isa,
+         "isa_env": {k: v for k, v in ISA_ENV.items() if k != "NUMBA_CPU_FEATURES"},
+         "command": " ".join(["python", "benchmarks/run.py"] + list(argv or sys.argv[1:]))}
 
     def log(msg):
         print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)
@@ -508,21 +565,37 @@ def main(argv=None):
             log("  ERROR " + result["error"][-600:])
         R[key].append(result)
 
+    if parts & {"bn", "mlp", "mem", "job", "threshold"}:
+        # compile (or load) the kernels for this ISA first: a worker that found
+        # them missing would time the NumPy formulas while they compile
+        log(f"kernels for --isa {args.isa} ...")
+        subprocess.run([sys.executable, "-m", "bnmat._kernels._warm"], env=clean_env(),
+                       cwd=ROOT, capture_output=True, timeout=1800)
     if "bw" in parts:
         log("bandwidth ...")
         R["bw"] = spawn(["bw", "--budget-scale", scale])
     bn_cases = QUICK_BN if args.quick else [(s, dt) for s in BN_SIZES for dt in DTYPES]
+    if args.bn_cases:
+        bn_cases = [(tuple(int(v) for v in c.split(":")[0].split("x")),
+                     (c.split(":") + ["float32"])[1]) for c in args.bn_cases.split(",")]
     if "bn" in parts:
         for (n, p), dt in bn_cases:
             for cfg in configs:
                 if cfg == "thp" and n * p < 1 << 20:
                     continue  # small arrays are not mmapped: THP changes nothing
                 variants = BN_DEFAULT if cfg == "default" else BN_OTHER_CONFIGS
+                if args.bn_variants:
+                    variants = args.bn_variants
                 if not _have("jax"):
                     variants = ",".join(v for v in variants.split(",") if not v.startswith("jax"))
+                budget = 1.2 if n * p >= 1 << 22 else 0.6
+                if args.isolate:
+                    record("bn", bn_isolated(n, p, dt, cfg, variants.split(","), budget, scale,
+                                             args.rounds, log))
+                    continue
                 log(f"BN {n}x{p} {dt} [{cfg}] ...")
                 record("bn", spawn(["bn", "--N", n, "--p", p, "--dtype", dt, "--budget",
-                                    1.2 if n * p >= 1 << 22 else 0.6, "--budget-scale", scale,
+                                    budget, "--budget-scale", scale,
                                     "--variants", variants, "--config", cfg],
                                    CONFIG_ENV[cfg]))
     mlp_ns = MLP_NS[:1] if args.quick else MLP_NS
@@ -585,10 +658,97 @@ def main(argv=None):
     return 0
 
 
+def bn_isolated(n, p, dt, cfg, variants, budget, scale, rounds, log):
+    """One bn case with each variant in its own process: ``rounds`` rounds, the
+    order reversed every other round. The merged result has, per variant, the
+    median over rounds of each round's median (``timing``), every round's
+    median (``per_round``) and, per round, the ratio to torch_native measured in
+    the same round (``ratios``)."""
+    per_round = {v: [] for v in variants}
+    merged = {"case": dict(N=n, p=p, dtype=dt), "config": cfg, "isolated": True,
+              "rounds": rounds, "timing": {}, "check": {}, "errors": {}, "ratios": {},
+              "loadavg": []}
+    for r in range(rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            log(f"BN {n}x{p} {dt} [{cfg}] round {r + 1}: {v} ...")
+            res = spawn(["bn", "--N", n, "--p", p, "--dtype", dt, "--budget", budget,
+                         "--budget-scale", scale, "--variants", v, "--config", cfg],
+                        CONFIG_ENV[cfg])
+            try:
+                with open("/proc/loadavg") as fh:
+                    merged["loadavg"].append(float(fh.read().split()[0]))
+            except OSError:
+                pass
+            if "error" in res or v not in res.get("timing", {}):
+                merged["errors"][v] = res.get("error") or res.get("errors", {}).get(v, "?")
+                per_round[v].append(None)
+                continue
+            per_round[v].append(res["timing"][v])
+            merged["check"].setdefault(v, res["check"].get(v))
+            merged.setdefault("versions", res.get("versions"))
+            merged.setdefault("isa", res.get("isa"))
+    for v, ts in per_round.items():
+        good = [t for t in ts if t]
+        if not good:
+            continue
+        meds = sorted(t["median"] for t in good)
+        t = dict(good[0])
+        t.update(median=meds[len(meds) // 2], per_round=[x and x["median"] for x in ts],
+                 rounds=len(good), quiet_rounds=sum(1 for x in good if not x["noisy"]),
+                 foreign_mean=sum(x["foreign_mean"] for x in good) / len(good),
+                 foreign_max=max(x["foreign_max"] for x in good))
+        merged["timing"][v] = t
+    ref = per_round.get("torch_native") or []
+    for v, ts in per_round.items():
+        merged["ratios"][v] = [a["median"] / b["median"] if a and b else None
+                               for a, b in zip(ts, ref)]
+    return merged
+
+
+def render_isolated(bn):
+    rows = []
+    for r in bn:
+        c = r["case"]
+        for v, ratios in r["ratios"].items():
+            t = r["timing"].get(v)
+            if not t:
+                continue
+            good = [x for x in ratios if x is not None]
+            rows.append([f"{c['N']}×{c['p']} {c['dtype']}", v, fmt_time(t["median"]),
+                         ", ".join(fmt_time(x) for x in t["per_round"] if x),
+                         ", ".join(f"{x:.2f}×" for x in good),
+                         f"{sorted(good)[len(good) // 2]:.2f}×" if good else "-",
+                         f"{t['foreign_mean']:.2f}/{t['foreign_max']:.2f}"])
+    loads = [x for r in bn for x in r.get("loadavg", [])]
+    head = ("Batch norm forward+backward, each variant in its own process (rounds alternating "
+            "the order): median of the round medians; same-round ratio to torch_native")
+    from report import table
+
+    return table(head, ["case", "variant", "median", "round medians", "same-round ratios",
+                        "median ratio", "other load mean/max cores"], rows,
+                 f"load average during the run: {min(loads, default=float('nan')):.2f}–"
+                 f"{max(loads, default=float('nan')):.2f}")
+
+
+def fmt_time(t):
+    from report import fmt_t
+
+    return fmt_t(t)
+
+
 def render(R):
     from report import render as _render
 
-    parts = [_render(R)]
+    parts = []
+    if R.get("isa"):
+        isa = next((r.get("isa") for r in R.get("bn", []) if r.get("isa")), None)
+        parts.append(f"ISA: --isa {R['isa']}; environment {R.get('isa_env') or '{}'}; "
+                     f"in use (a bn worker): {isa}; command: {R.get('command')}\n")
+    parts.append(_render(R))
+    iso = [r for r in R.get("bn", []) if r.get("isolated")]
+    if iso:
+        parts.append(render_isolated(iso))
     if R.get("job"):
         parts.append(render_job(R))
     if R.get("cold"):

@@ -50,13 +50,10 @@ into between a forward and its backward pass.
 """
 
 from . import _config
-from ._batchnorm import (
-    batchnorm_backward,
-    batchnorm_backward_applies,
-    batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
-)
+from ._batchnorm import batchnorm_backward, batchnorm_backward_applies, batchnorm_forward
+from ._lean import batchnorm_relu_backward, batchnorm_relu_forward
+from ._lean import lean_backward as lean_batchnorm_backward
+from ._lean import lean_forward as lean_batchnorm_forward
 from ._caches import (
     BatchNormInferenceKernelCache,
     BatchNormKernelCache,
@@ -87,6 +84,8 @@ __all__ = [
     "batchnorm_relu_backward",
     "batchnorm_relu_forward",
     "enabled",
+    "lean_batchnorm_backward",
+    "lean_batchnorm_forward",
     "relu_backward",
     "relu_backward_applies",
     "relu_forward",

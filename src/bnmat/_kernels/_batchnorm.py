@@ -1,4 +1,7 @@
-"""Batch norm in training mode on the fused kernels, and batch norm fused with ReLU.
+"""Batch norm in training mode on the fused kernels (the general path).
+
+(The common case's lean path and the batch norm + ReLU pair are in
+:mod:`bnmat._kernels._lean`.)
 
 Same contract as :func:`bnmat.ops.batchnorm_forward` / ``batchnorm_backward``
 (same validation, messages, returned types and dtypes; inputs never written),
@@ -15,21 +18,17 @@ copied to C order once, and the copy is what the cache holds.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..ops._types import (BatchNormCache, BatchNormGrads, _check_param, check_ddof, check_eps,
                           reference)
 from . import _config
-from ._caches import BatchNormKernelCache, BatchNormReLUCache
+from ._caches import BatchNormKernelCache
 
 __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_applies",
     "batchnorm_forward",
-    "batchnorm_relu_backward",
-    "batchnorm_relu_forward",
 ]
 
 #: rows of one chunk of the column sums is at least this (chunks ≤ 32)
@@ -135,11 +134,13 @@ def _forward(x, gamma, beta, eps, ddof, relu, out):
         if np.may_share_memory(out, x):
             # x is kept in the cache for the backward pass.
             raise ValueError("out must not overlap x: the backward pass reads x")
-    rows4 = _rows4(x)
-    with _config.kernel_call(x.size):
-        _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(
-            x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64,
-            rows4, _nchunks(n), out)
+    args = (x, gamma, beta, float(eps), ddof, bool(relu), x.dtype == np.float64, _rows4(x),
+            _nchunks(n), out)
+    if x.size < _config.PARALLEL_MIN_ELEMENTS:
+        _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward_serial(*args)
+    else:
+        with _config.kernel_call(x.size):
+            _, var, inv_std64, mean_hi, mean_lo, scale, status, col = _kernels().forward(*args)
     if status != 0:
         return None     # the reference decides: its result, or its error
     cache = BatchNormKernelCache(
@@ -183,17 +184,30 @@ def _backward(dy, x, mean_hi, mean_lo, scale, beta, relu, norm, a, ddof, out):
         same = out.__array_interface__["data"][0] == dy.__array_interface__["data"][0]
         if np.may_share_memory(out, x) or (np.may_share_memory(out, dy) and not same):
             raise ValueError("out may be dy itself but must not overlap x or part of dy")
-    with _config.kernel_call(x.size):
-        dgamma, dbeta = _kernels().backward(
-            dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a,
-            float(n - ddof), _rows4(x), _nchunks(n), out)
-    if not math.isfinite(float(dgamma.sum()) + float(dbeta.sum())):
-        # NaN/inf in dy, or float32 partial sums that overflowed: the reference
-        # (float64 sums of dy) decides. (A finite sum that overflows only sends
-        # the call to the reference, which is never wrong.)
+    args = (dy, x, mean_hi, mean_lo, scale, beta, bool(relu), norm, a, float(n - ddof),
+            _rows4(x), _nchunks(n), out)
+    if x.size < _config.PARALLEL_MIN_ELEMENTS:
+        dgamma, dbeta = _kernels().backward_serial(*args)
+    else:
+        with _config.kernel_call(x.size):
+            dgamma, dbeta = _kernels().backward(*args)
+    if _sums_not_finite(dgamma, dbeta):
+        # NaN/inf in dy, or float32 partial sums that overflowed: the kernel
+        # left out (possibly dy itself) untouched, and the reference (float64
+        # sums of dy) decides. Decided per element: finite sums whose total
+        # overflows were sent here before although the kernel had already
+        # written out, which could be dy.
         return None
     return BatchNormGrads(dx=out, dgamma=dgamma.astype(x.dtype),
                                   dbeta=dbeta.astype(x.dtype))
+
+
+def _sums_not_finite(dgamma, dbeta) -> bool:
+    """True exactly when the backward kernel found a non-finite dγ or dβ (and
+    then left ``out`` unwritten): the kernel's own per-element test, compiled
+    (no floating-point warning, ~0.3 µs). A test on the total of the sums also
+    fires for finite sums whose total overflows, after out was written."""
+    return not (_config._state["kernels"] or _kernels()).sums_finite(dgamma, dbeta)
 
 
 def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=None):
@@ -293,94 +307,6 @@ def batchnorm_backward(dy, cache, *, out=None):
             grads = bn_reference(dy, cache)
     else:
         raise TypeError(f"expected a batch-norm cache; got {type(cache).__name__}")
-    return grads._replace(dx=_into(out, grads.dx))
-
-
-def batchnorm_relu_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, out=None):
-    """Batch norm (training mode) followed by ReLU, in one pass over the output.
-
-    Formula::
-
-        B = C X diag(s ∘ γ) + 1 βᵀ   (as batchnorm_forward),   H = max(B, 0)
-
-    B is never stored: H is written directly, and the backward pass recomputes
-    the mask ``1[B > 0]`` from x bitwise as the forward pass applied it.
-
-    Parameters
-    ----------
-    x : array, shape (N, p)
-    gamma, beta : array, shape (p,)
-    eps : float, default 1e-5
-    ddof : int, default 0
-    out : ndarray, shape (N, p), optional
-        Buffer for H (C-contiguous, x's dtype, not overlapping x).
-
-    Returns
-    -------
-    h : array, shape (N, p)
-    cache : BatchNormReLUCache
-        ``cache.bn.mean`` and ``cache.bn.var`` are the batch statistics.
-    """
-    if _config.wants(x, gamma, beta):
-        result = _forward(x, gamma, beta, eps, ddof, True, out)
-        if result is not None:
-            return result[0], BatchNormReLUCache(bn=result[1], relu=None)
-    relu_forward, bn_forward = reference("relu_forward"), reference("batchnorm_forward")
-
-    with _config.reference_only():
-        y, bn_cache = bn_forward(x, gamma, beta, eps=eps, ddof=ddof)
-        h, relu_cache = relu_forward(y)
-    return _into(out, h), BatchNormReLUCache(bn=bn_cache, relu=relu_cache)
-
-
-def batchnorm_relu_backward(dh, cache: BatchNormReLUCache, *, out=None):
-    """Backward pass of :func:`batchnorm_relu_forward`.
-
-    Formula (G = dH ∘ 1[B > 0], then as batchnorm_backward)::
-
-        dβ = 1ᵀ G,   dγ = 1ᵀ (G ∘ X̂),   dX = [C G − X̂ diag(dγ)/(N − ddof)] diag(γ ∘ s)
-
-    Parameters
-    ----------
-    dh : array, shape (N, p)
-        Upstream gradient ∂R/∂H.
-    cache : BatchNormReLUCache
-    out : ndarray, shape (N, p), optional
-        Buffer for dX; may be ``dh`` itself.
-
-    Returns
-    -------
-    BatchNormGrads
-        ``(dx, dgamma, dbeta)`` in x's dtype.
-    """
-    if not isinstance(cache, BatchNormReLUCache):
-        raise TypeError(f"expected a BatchNormReLUCache; got {type(cache).__name__}")
-    bn = cache.bn
-    if cache.relu is None:
-        if not _config._plain(dh):
-            raise TypeError(
-                f"the forward pass ran on NumPy arrays; dh must be a NumPy array, got "
-                f"{type(dh).__name__}"
-            )
-        if _config.enabled():
-            a = bn.gamma.astype(np.float64) * bn.inv_std64
-            grads = _backward(dh, bn.x, bn.mean, bn.mean_lo, bn.scale, bn.beta, True,
-                              bn.inv_std64, a, bn.ddof, out)
-            if grads is not None:
-                return grads
-        # Kernels switched off since the forward pass: the same mask (the same
-        # uncontracted operations in x's dtype), then the reference formula.
-        bn_reference = reference("batchnorm_backward")
-
-        dh = _prepare_dy(dh, bn.x.shape, bn.x.dtype)
-        b = ((bn.x - bn.mean) - bn.mean_lo) * bn.scale + bn.beta
-        g = np.where(b > 0, dh, np.zeros_like(dh))
-        with _config.reference_only():
-            grads = bn_reference(g, bn.to_reference())
-        return grads._replace(dx=_into(out, grads.dx))
-    relu_backward, bn_backward = reference("relu_backward"), reference("batchnorm_backward")
-
-    grads = bn_backward(relu_backward(dh, cache.relu), bn)
     return grads._replace(dx=_into(out, grads.dx))
 
 

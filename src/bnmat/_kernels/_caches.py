@@ -50,6 +50,15 @@ class BatchNormKernelCache(BatchNormCache):
                              scale=scale, relu=bool(relu))
         return self
 
+    @classmethod
+    def _lean(cls, x, inv_std, gamma, mean, var, ddof, mean_lo, inv_std64, beta, scale,
+              relu=False):
+        """The same object as ``cls(...)`` (``relu`` a bool), built in fewer steps."""
+        self = tuple.__new__(cls, (None, inv_std, gamma, mean, var, ddof))
+        self.__dict__.update(x=x, mean_lo=mean_lo, inv_std64=inv_std64, beta=beta,
+                             scale=scale, relu=relu)
+        return self
+
     @property
     def x_hat(self) -> Array:
         """X̂ of shape (N, p), recomputed (allocates an N×p array)."""

@@ -27,6 +27,26 @@ MIN_ELEMENTS_ENV = "BNMAT_KERNELS_MIN_ELEMENTS"
 MIN_ELEMENTS = int(os.environ.get(MIN_ELEMENTS_ENV, "4096"))
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_get(name):
+    """``os.environ.get(name)``, without its cost for a missing name.
+
+    ``os.environ.get`` finds a missing name by catching a KeyError (~1 µs;
+    :func:`enabled` runs on every op call). CPython's environ keeps its
+    encoded items in the dict ``_data``; read that when it is there, else
+    ``os.environ.get``.
+    """
+    environ = os.environ
+    data = getattr(environ, "_data", None)
+    if type(data) is dict:
+        try:
+            raw = data.get(environ.encodekey(name))
+        except Exception:  # noqa: BLE001 - an unusual environ: the public way
+            return environ.get(name)
+        return None if raw is None else environ.decodevalue(raw)
+    return environ.get(name)
 
 _state = {"available": None, "forked": False, "kernels": None, "ready": None}
 
@@ -69,10 +89,13 @@ def enabled() -> bool:
     Set the environment variable ``BNMAT_DISABLE_KERNELS=1`` to force the
     reference formulas (it is read at every call, so tests can toggle it).
     """
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    v = _env_get(DISABLE_ENV)
+    if v is not None and v.strip().lower() in _TRUE:
         return False
     if _state["forked"]:
         return False
+    if _state["available"] is True and _state["ready"] is True:   # decided before
+        return True
     return available() and ready()
 
 
@@ -147,7 +170,11 @@ def _plain(a) -> bool:
     return (type(a) is np.ndarray or type(a) is np.memmap) and a.dtype.isnative
 
 
-_local = threading.local()
+class _Local(threading.local):
+    depth = 0       # a class default: reading it never raises AttributeError (slow)
+
+
+_local = _Local()
 
 
 class reference_only:
@@ -187,7 +214,15 @@ def wants(x, *vectors, ndim: int | None = 2) -> bool:
             return False
     if x.dtype.kind not in "fiub" or x.dtype.itemsize > 8:
         return False
-    if getattr(_local, "depth", 0):
+    if _local.depth:
+        return False
+    return enabled()
+
+
+def lean_enabled() -> bool:
+    """:func:`enabled`, and not inside :class:`reference_only` (what :func:`wants`
+    checks after its argument checks; for callers that checked the arguments)."""
+    if _local.depth:
         return False
     return enabled()
 

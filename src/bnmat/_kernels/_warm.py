@@ -56,6 +56,18 @@ def marker_path() -> str | None:
             cpu = llvm.get_host_cpu_name()
     except Exception:
         cpu = "cpu"
+    try:
+        from numba.core import config
+
+        features = config.CPU_FEATURES
+    except Exception:
+        features = None
+    if features:
+        # NUMBA_CPU_FEATURES (e.g. AVX-512 switched off) changes the machine
+        # code, and numba keys its cache on it: so does the marker.
+        import hashlib
+
+        cpu += "-f" + hashlib.sha1(features.encode()).hexdigest()[:10]
     st = os.stat(_numba_bn.__file__)
     name = (f"bnmat-kernels-ready-numba{numba.__version__}-{cpu}-"
             f"{st.st_mtime_ns}-{st.st_size}-py{sys.version_info[0]}{sys.version_info[1]}")
@@ -82,12 +94,15 @@ def compile_all() -> float:
             x, vec, n, p = _variants(dtype, readonly_x)
             out = np.empty((n, p), dtype)
             two_pass = dtype == np.float64
-            _, var, inv_std, mean_hi, mean_lo, scale, _, _ = k.forward(
-                x, vec(), vec(), 1e-5, 0, False, two_pass, True, 1, out)
-            dy = np.ones((n, p), dtype)
-            a = np.ones(p)
-            k.backward(dy, x, mean_hi, mean_lo, scale, vec(), False, inv_std, a, float(n), True,
-                       1, out)
+            for forward, backward in ((k.forward, k.backward),
+                                      (k.forward_serial, k.backward_serial)):
+                _, var, inv_std, mean_hi, mean_lo, scale, _, _ = forward(
+                    x, vec(), vec(), 1e-5, 0, False, two_pass, True, 1, out)
+                dy = np.ones((n, p), dtype)
+                a = np.ones(p)
+                backward(dy, x, mean_hi, mean_lo, scale, vec(), False, inv_std, a, float(n),
+                         True, 1, out)
+            k.sums_finite(np.ones(p), np.ones(p))
             k.inference_forward(x, vec(), vec(), vec(), vec(), 1, out)
             flat = x.reshape(-1)
             k.relu_forward(flat, out.reshape(-1))

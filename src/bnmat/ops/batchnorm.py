@@ -120,6 +120,9 @@ def batchnorm_forward(x, gamma, beta, *, eps: float = 1e-5, ddof: int = 0, weigh
     if weights is not None:  # the reference path: the kernels take no weights
         from .batchnorm_weighted import weighted_batchnorm_forward
         return weighted_batchnorm_forward(x, gamma, beta, weights, eps=eps, ddof=ddof)
+    lean = _kernels.lean_batchnorm_forward(x, gamma, beta, eps, ddof)  # the common case
+    if lean is not None:
+        return lean
     if _kernels.wants(x, gamma, beta):
         return _kernels.batchnorm_forward(x, gamma, beta, eps=eps, ddof=ddof)
     eps, ddof = check_eps(eps), check_ddof(ddof)
@@ -195,6 +198,9 @@ def batchnorm_backward(dy, cache: BatchNormCache) -> BatchNormGrads:
     """
     from .. import _kernels  # fused CPU kernels: a kernel cache, or NumPy input
 
+    lean = _kernels.lean_batchnorm_backward(dy, cache)  # the common case: a kernel cache
+    if lean is not None:
+        return lean
     if getattr(cache, "weights", None) is not None:  # from batchnorm_forward(weights=...)
         from .batchnorm_weighted import weighted_batchnorm_backward
         return weighted_batchnorm_backward(dy, cache)
