@@ -227,9 +227,15 @@ class FastStep:
         use_kernels = (self.bn_size and xb.shape[0] * self.bn_size >= _config.MIN_ELEMENTS
                        and _config.enabled())
         if use_kernels:
-            self.kernels = _config.load_kernels()
-            with _config.kernel_call(xb.shape[0] * self.bn_size):
+            k = _config.load_kernels()
+            if xb.shape[0] * self.bn_size < _config.PARALLEL_MIN_ELEMENTS:
+                # the serial builds: bitwise the parallel ones, no thread switch
+                self.bn_forward, self.bn_backward = k.forward_serial, k.backward_serial
                 out = self._forward_backward(xb, yb, tree, state, True)
+            else:
+                self.bn_forward, self.bn_backward = k.forward, k.backward
+                with _config.kernel_call(xb.shape[0] * self.bn_size):
+                    out = self._forward_backward(xb, yb, tree, state, True)
         else:
             out = self._forward_backward(xb, yb, tree, state, False)
         if out is None:
@@ -360,7 +366,7 @@ class FastStep:
     def _bn_kernel_forward(self, z, p, layer, relu, out):
         n = z.shape[0]
         rows4 = _rows4(z)
-        _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = self.kernels.forward(
+        _, var, inv_std64, mean_hi, mean_lo, scale, status, _ = self.bn_forward(
             z, p["gamma"], p["beta"], layer.eps, layer.ddof, relu, z.dtype == np.float64,
             rows4, _nchunks(n), out)
         if status != 0:     # includes statistics outside the kernels' exact range
@@ -371,7 +377,7 @@ class FastStep:
         mean_hi, _, z, mean_lo, scale, inv_std64, rows4, ddof = cache
         n = z.shape[0]
         a = p["gamma"] * inv_std64      # float64: γ ∘ s
-        dgamma, dbeta = self.kernels.backward(
+        dgamma, dbeta = self.bn_backward(
             g, z, mean_hi, mean_lo, scale, p["beta"], relu, inv_std64, a,
             float(n - ddof), rows4, _nchunks(n), out)
         # one check for both (a finite sum that overflows only sends the step
