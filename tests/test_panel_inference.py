@@ -422,6 +422,7 @@ def test_cli_crossfit_nuisances_use_crossfit_alpha_and_lbfgs(tmp_path, monkeypat
     assert "--crossfit-alpha must be a finite number >= 0; got -1.0" in capsys.readouterr().err
     assert main(common + ["--n-rep", "0"]) == 2
     assert "--n-rep must be at least 1; got 0" in capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "bnmat-model.npz").exists()   # refused before training
     assert main(common + ["--crossfit-alpha", "0.25", "--n-rep", "1"]) == 0
     out = capsys.readouterr().out
     assert "cross-fitted partialling out, 2 folds of units" in out

@@ -26,7 +26,6 @@ that concerns.
 from __future__ import annotations
 
 import math
-
 import sys
 from pathlib import Path
 
@@ -221,6 +220,12 @@ def run_fit_panel(args) -> int:
     from ._common import _fmt_metric, _json_float, _plot
     from ._table import _load_training_table, apply_missing_policy, design_matrix
 
+    # before any training, so that a typo costs no minutes
+    if not (math.isfinite(args.crossfit_alpha) and args.crossfit_alpha >= 0):
+        raise UsageError(f"--crossfit-alpha must be a finite number >= 0; got "
+                         f"{args.crossfit_alpha}")
+    if args.n_rep < 1:
+        raise UsageError(f"--n-rep must be at least 1; got {args.n_rep}")
     if args.classify:
         raise UsageError("--classify cannot be used with --entity: panel models are "
                          "regressions (fixed effects of a numeric target)")
@@ -349,11 +354,6 @@ def _linear_inference(args, model, x, y, ent, per, effects, linear, features):
     lin = [features.index(c) for c in names]
     network = [j for j in range(len(features)) if j not in lin]
     if network and args.inference == "crossfit":
-        if not (math.isfinite(args.crossfit_alpha) and args.crossfit_alpha >= 0):
-            raise UsageError(f"--crossfit-alpha must be a finite number >= 0; got "
-                             f"{args.crossfit_alpha}")
-        if args.n_rep < 1:
-            raise UsageError(f"--n-rep must be at least 1; got {args.n_rep}")
         options = _options(args, x.shape[0])
         # The nuisance fits are penalized and never stopped early, so --solver auto
         # gives them L-BFGS on small data (the rule of PanelBNMLPRegressor).
