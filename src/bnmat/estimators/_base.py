@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import optim, train
 from .._array_api import to_numpy
-from ..layers._mlp import ACTIVATIONS, auto_batch_size, auto_solver, build_mlp, fit_scaling
+from ..layers._mlp import ACTIVATIONS, auto_solver, batch_rows, build_mlp, fit_scaling
 from ._distributed import global_rows, global_scaling, seeds_of_rank_zero
 from ._namespace import (apply_scaling, check_fit_namespace, device_of, dispatch_namespace,
                          fit_scaling_xp, float_dtypes, host_score, move_to, take_rows)
@@ -257,12 +257,7 @@ class _BNMLPBase(BaseEstimator):
         l2 = self._l2_factor * float(self.alpha) / n_rows
         if stochastic:
             n_tr = x_tr.shape[0] if reducer is None else n
-            batch = auto_batch_size(n_tr) if self.batch_size == "auto" else int(self.batch_size)
-            if batch > n_tr:
-                warnings.warn(
-                    f"batch_size={batch} is larger than the {n_tr} training samples; "
-                    "it is clipped to the sample size", UserWarning, stacklevel=4)
-                batch = n_tr
+            batch = batch_rows(self.batch_size, n_tr, stacklevel=4)
             if solver == "adam":
                 optimizer = optim.adam(float(self.learning_rate_init))
             else:

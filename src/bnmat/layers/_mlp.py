@@ -206,3 +206,19 @@ def auto_batch_size(n: int) -> int:
     training loss" long before convergence).
     """
     return int(min(n, 200, max(16, -(-n // 10))))
+
+
+def batch_rows(batch_size, n: int, *, stacklevel: int = 2) -> int:
+    """Rows per mini-batch for an estimator's ``batch_size`` ("auto" or an int) on n rows.
+
+    An integer larger than n is clipped to n with a ``UserWarning`` (as
+    scikit-learn's MLP does); ``stacklevel`` is counted from the caller.
+    """
+    import warnings
+
+    batch = auto_batch_size(n) if batch_size == "auto" else int(batch_size)
+    if batch > n:
+        warnings.warn(f"batch_size={batch} is larger than the {n} training samples; it is "
+                      "clipped to the sample size", UserWarning, stacklevel=stacklevel + 1)
+        batch = n
+    return batch

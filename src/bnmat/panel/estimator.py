@@ -21,7 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..estimators._base import _BNMLPBase
-from ..layers._mlp import auto_batch_size, auto_solver
+from ..layers._mlp import auto_solver, batch_rows
 from ..estimators._transaction import transactional_fit
 from ._linear_report import _LinearInference
 from .inference import COV_TYPES, INFERENCE
@@ -84,7 +84,7 @@ class PanelBNMLPRegressor(_LinearInference, RegressorMixin, _BNMLPBase):
     batch_size : int or "auto", default "auto"
         At least this many rows per mini-batch, in whole units; "auto" is
         ``min(200, max(16, ⌈N/10⌉))`` rows, so an epoch has about ten steps
-        or more (:func:`bnmat.estimators.auto_batch_size`).
+        or more (:func:`bnmat.layers._mlp.auto_batch_size`).
     tol : float or None, default None
         adam and sgd: stop when the loss has not improved by ``tol`` for
         ``n_iter_no_change`` epochs (None: 1e-4, scikit-learn's value). lbfgs:
@@ -372,12 +372,7 @@ nesterovs_momentum, n_iter_no_change, bn_eps, bn_ddof, bn_decay, standardize_y
         """Keyword arguments of :func:`fit_panel` from the hyperparameters."""
         batch = None
         if solver != "lbfgs":
-            batch = auto_batch_size(n) if self.batch_size == "auto" else int(self.batch_size)
-            if batch > n:
-                warnings.warn(
-                    f"batch_size={batch} is larger than the {n} training samples; it is "
-                    "clipped to the sample size", UserWarning, stacklevel=4)
-                batch = n
+            batch = batch_rows(self.batch_size, n, stacklevel=4)
         return dict(
             hidden=hidden, activation=self.activation, solver=solver, alpha=float(self.alpha),
             batch_size=batch, learning_rate=float(self.learning_rate_init),
